@@ -1,0 +1,34 @@
+"""Any timm model as a baseline classifier (``model=timm model.name=<timm name>``)."""
+
+from __future__ import annotations
+
+import timm
+from torch import nn
+
+
+class TimmClassifier(nn.Module):
+    """A timm classification model; ``backbone`` is the timm model so local weights load into it."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        model_name: str,
+        pretrained: bool = False,
+        dropout: float = 0.0,
+        image_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        kwargs = {"drop_rate": dropout}
+        self.backbone = timm.create_model(
+            model_name, pretrained=pretrained, num_classes=num_classes, **kwargs
+        )
+        self.num_features = self.backbone.num_features
+
+    def forward_features(self, x):
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, features, pre_logits: bool = False):
+        return self.backbone.forward_head(features, pre_logits=pre_logits)
+
+    def forward(self, x):
+        return self.backbone(x)

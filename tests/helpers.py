@@ -1,0 +1,61 @@
+"""Helpers shared by the tests (composition as `python -m leuk.train` does it, tiny runs)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from leuk.config import config_dir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# A synthetic data set small enough for a whole training run in seconds on 2 CPU cores.
+TINY_SYNTHETIC = ["data.source.images_per_class=12", "data.source.size=64"]
+TINY_LOADER = [
+    "data.image_size=32",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "trainer.enable_progress_bar=false",
+]
+TINY = TINY_SYNTHETIC + TINY_LOADER
+
+
+def data_dir() -> Path | None:
+    """``LEUK_DATA_DIR`` (the shared real data), or ``../shared/data`` beside the repository."""
+    env = os.environ.get("LEUK_DATA_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    return None
+
+
+def compose_config(
+    overrides: Sequence[str] = (), output_dir: str | Path | None = None, config_name: str = "train"
+) -> DictConfig:
+    """Compose a config as ``python -m leuk.train`` would, with the run folder set to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides))
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+PYTHON = sys.executable
