@@ -16,7 +16,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import leuk  # noqa: F401  (registers the config resolvers before Hydra composes)
 from leuk.callbacks import ThroughputMeter
@@ -63,6 +63,23 @@ def build_datamodule(cfg: DictConfig) -> Any:
     return datamodule
 
 
+def _without_validation(cfg: DictConfig) -> None:
+    """A protocol with no validation part (data.split.val=0) keeps the last epoch's weights."""
+    log.warning(
+        "the split has no validation part: checkpoints keep the last epoch, early stopping is off, "
+        "and schedulers monitor the training loss"
+    )
+    with open_dict(cfg):
+        callbacks = cfg.get("callbacks") or {}
+        if callbacks.get("model_checkpoint"):
+            callbacks.model_checkpoint.monitor = None
+            callbacks.model_checkpoint.save_top_k = 1
+        if callbacks.get("early_stopping"):
+            callbacks.early_stopping = None
+        if cfg.scheduler.get("monitor", "").startswith("val/"):
+            cfg.scheduler.monitor = "train/loss"
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then test the best checkpoint; return the values written to ``metrics.json``."""
@@ -83,10 +100,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         num_classes=datamodule.num_classes,
         class_names=datamodule.class_names,
         image_size=datamodule.image_size,
+        class_weights=datamodule.class_weights,
     )
     if cfg.get("ckpt_path"):
         check_checkpoint(cfg.ckpt_path, cfg.model.name)
 
+    if not datamodule.has_val:
+        _without_validation(cfg)
     loggers = instantiate_loggers(cfg.get("logger"))
     meter = ThroughputMeter()
     configured = instantiate_callbacks(
@@ -133,6 +153,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "grouping": datamodule.summary["grouping"],
             "groups_merged": datamodule.summary["images_merged_into_groups"],
             "bad_images_skipped": datamodule.summary["bad_images_skipped"],
+            "non_image_files_ignored": datamodule.summary["non_image_files_ignored"],
+            "balance": datamodule.summary["balance"],
+            "train_copies_added": datamodule.summary["train_copies_added"],
+            "class_counts": datamodule.summary["class_counts"],
             "image_size": datamodule.image_size,
             "seed": cfg.seed,
             "class_names": datamodule.class_names,

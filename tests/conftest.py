@@ -23,6 +23,10 @@ import pytest  # noqa: E402
 
 from tests.helpers import compose_config, data_dir  # noqa: E402
 
+# The configs find the real data through LEUK_DATA_DIR; point it at ../shared/data when that exists.
+if data_dir() is not None:
+    os.environ.setdefault("LEUK_DATA_DIR", str(data_dir()))
+
 
 @pytest.fixture(scope="session")
 def real_data() -> Path:

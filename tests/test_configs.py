@@ -18,12 +18,13 @@ SKIP_GROUPS = {"hydra", "paths"}
 def all_options() -> list[tuple[str, str]]:
     root = config_dir()
     options = []
-    for group in sorted(p for p in root.iterdir() if p.is_dir()):
-        if group.name in SKIP_GROUPS:
+    for group in sorted(p for p in root.rglob("*") if p.is_dir()):
+        name = group.relative_to(root).as_posix()
+        if name.split("/")[0] in SKIP_GROUPS:
             continue
         for f in sorted(group.glob("*.yaml")):
             if not f.stem.startswith("_"):
-                options.append((group.name, f.stem))
+                options.append((name, f.stem))
     return options
 
 
@@ -50,7 +51,7 @@ def test_every_group_has_options() -> None:
 def test_option_composes_and_validates(group: str, option: str, tmp_path) -> None:
     overrides = [f"{group}={option}"]
     if (group, option) == ("data", "folder"):
-        overrides.append(f"data.source.root={tmp_path}")
+        overrides.append(f"data.root={tmp_path}")
     cfg = compose_config(overrides, output_dir=tmp_path)
     validate_train_config(cfg)
 

@@ -1,16 +1,25 @@
-"""Architectures: MCB-HyperNet's branches, the morphology, the registry and local weights."""
+"""Architectures: shapes, the papers' parameter counts, their parts, local weights, two-phase training."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from leuk.config import config_dir
 from leuk.models import create_model, model_names
+from leuk.models.attention import CBAM
+from leuk.models.module import Classifier
 from leuk.models.morphology import MorphologicalContextBlock, dilate, erode
 from leuk.models.registry import PretrainedWeightsError, UnknownModelError
+from leuk.train import build_datamodule
+from tests.helpers import TINY, compose_config
 
 
 @pytest.mark.parametrize(("size", "grid"), [(168, 6), (224, 7), (256, 8)])
@@ -96,3 +105,347 @@ def test_pretrained_offline_gives_one_clear_message(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PretrainedWeightsError, match=r"model\.pretrained=false.*model\.weights="):
         create_model("resnet18", 4, pretrained=True)
+
+
+# ---------------------------------------------------------------- every model config
+def model_options() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "model").glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def build_from_config(model_cfg: DictConfig, num_classes: int, image_size: int) -> nn.Module:
+    arch = OmegaConf.to_container(model_cfg.arch, resolve=True)
+    return create_model(model_cfg.name, num_classes, image_size=image_size, **arch)
+
+
+@pytest.mark.parametrize("option", model_options())
+def test_every_model_config_forward_shapes(option: str, tmp_path: Path) -> None:
+    """Logits of every model config at its paper's input size and at a small one (80 px)."""
+    cfg = compose_config([f"model={option}"], output_dir=tmp_path).model
+    assert cfg.pretrained is False, "model configs must run offline"
+    assert "imagenet_weights" in (cfg.paper or {}), "say whether the paper started from ImageNet weights"
+    paper_size = (cfg.paper or {}).get("image_size") or 224
+    for size in (paper_size, 80):
+        net = build_from_config(cfg, num_classes=3, image_size=size).eval()
+        assert isinstance(net.backbone, nn.Module)
+        with torch.no_grad():
+            assert net(torch.randn(1, 3, size, size)).shape == (1, 3), (option, size)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "features"),
+    [
+        ("mseenet", 224, (256, 7, 7)),
+        ("mseenet", 64, (256, 2, 2)),
+        ("aldl", 224, (1280, 7, 7)),
+        ("aldl_mobilenetv3", 224, (576, 7, 7)),
+        ("vgg16_mod", 300, (512, 9, 9)),
+        ("vgg16_mod", 224, (512, 7, 7)),
+        ("mobilenet_m", 224, (1024, 7, 7)),
+    ],
+)
+def test_feature_map_shapes(name: str, size: int, features: tuple[int, int, int]) -> None:
+    net = create_model(name, 2, image_size=size).eval()
+    with torch.no_grad():
+        f = net.forward_features(torch.randn(1, 3, size, size))
+        logits = net.forward_head(f)
+    assert f.shape == (1, *features)
+    assert logits.shape == (1, 2)
+
+
+def _count(net: nn.Module) -> tuple[int, int]:
+    return sum(p.numel() for p in net.parameters()), sum(
+        p.numel() for p in net.parameters() if p.requires_grad
+    )
+
+
+# ---------------------------------------------------------------- parameter counts (the papers' Keras models)
+def test_vgg16_mod_parameter_count_at_300px() -> None:
+    net = create_model("vgg16_mod", 4, image_size=300)
+    assert _count(net) == (57_187_140, 50_107_716)
+    blocks = net.conv_blocks()
+    assert len(blocks) == 5
+    for block, layers in enumerate(blocks, start=1):
+        params = [p for layer in layers for p in layer.parameters()]
+        assert params and all(p.requires_grad == (block != 5) for p in params), block
+    assert net.dense.in_features == 512 * 9 * 9
+
+
+def test_vgg16_mod_follows_image_size_and_trainable_blocks() -> None:
+    net = create_model("vgg16_mod", 4, image_size=224, trainable_blocks=[5])
+    block5 = 3 * (512 * 512 * 9 + 512)
+    dense = 512 * 7 * 7 * 1024 + 1024
+    assert _count(net) == (14_714_688 + dense + 1024 * 4 + 4, block5 + dense + 1024 * 4 + 4)
+    with pytest.raises(ValueError, match=r"built for 224 px.*\(9, 9\)"):
+        net(torch.randn(1, 3, 300, 300))
+    with pytest.raises(ValueError, match="blocks 1–5"):
+        create_model("vgg16_mod", 4, image_size=224, trainable_blocks=[6])
+    with pytest.raises(ValueError, match=r"data\.image_size"):
+        create_model("vgg16_mod", 4)
+
+
+def test_mobilenet_m_parameter_count() -> None:
+    net = create_model("mobilenet_m", 2)
+    total, trainable = _count(net)
+    assert total == trainable == 3_211_074
+    running = sum(b.numel() for n, b in net.named_buffers() if n.endswith(("running_mean", "running_var")))
+    assert trainable + running == 3_235_010
+
+
+def test_mobilenet_m_l1_penalty() -> None:
+    net = create_model("mobilenet_m", 2, l1=0.015)
+    with torch.no_grad():
+        net.fc.weight.copy_(torch.linspace(-1.0, 1.0, net.fc.weight.numel()).view_as(net.fc.weight))
+        net.fc.bias.fill_(5.0)  # the bias is not penalized
+    expected = 0.015 * net.fc.weight.abs().sum().item()
+    penalty = net.regularization_loss()
+    assert penalty.item() == pytest.approx(expected)
+    assert penalty.item() == pytest.approx(0.015 * 2048 * 0.5, rel=1e-3)  # mean |w| of linspace(-1, 1)
+    penalty.backward()
+    assert torch.allclose(net.fc.weight.grad, 0.015 * net.fc.weight.sign())
+    assert net.fc.bias.grad is None
+    assert create_model("mobilenet_m", 2, l1=0.0).regularization_loss().item() == 0.0
+
+
+# ---------------------------------------------------------------- parts
+def test_cbam_matches_its_definition() -> None:
+    torch.manual_seed(0)
+    cbam = CBAM(32, reduction=16, spatial_kernel=7)
+    x = torch.randn(2, 32, 9, 11)
+    mlp = cbam.channel.mlp
+    mc = torch.sigmoid(mlp(F.adaptive_avg_pool2d(x, 1)) + mlp(F.adaptive_max_pool2d(x, 1)))
+    x1 = x * mc
+    maps = torch.cat([x1.mean(1, keepdim=True), x1.max(1, keepdim=True).values], 1)
+    ms = torch.sigmoid(F.conv2d(maps, cbam.spatial.conv.weight, cbam.spatial.conv.bias, padding=3))
+    assert mc.shape == (2, 32, 1, 1) and ms.shape == (2, 1, 9, 11)
+    assert mlp[0].out_channels == 2  # 32 / 16
+    assert torch.allclose(cbam(x), x1 * ms, atol=1e-6)
+
+
+def test_aldl_has_cbam_after_every_mbconv_stage() -> None:
+    net = create_model("aldl", 4).eval()
+    assert [type(a).__name__ for a in net.attention] == ["CBAM"] * 6
+    assert [a.channel.mlp[0].in_channels for a in net.attention] == [24, 48, 64, 128, 160, 256]
+    with torch.no_grad():
+        stages = net.stages(torch.randn(1, 3, 224, 224))
+    assert [tuple(s.shape[1:]) for s in stages] == [
+        (24, 112, 112),
+        (48, 56, 56),
+        (64, 28, 28),
+        (128, 14, 14),
+        (160, 14, 14),
+        (256, 7, 7),
+    ]
+    light = create_model("aldl_mobilenetv3", 4)
+    # MobileNetV3-Small's last stage is its 1×1 head convolution, not an MBConv stage.
+    assert [type(a).__name__ for a in light.attention] == ["CBAM"] * 5 + ["Identity"]
+    assert [a.channel.mlp[0].in_channels for a in light.attention[:5]] == [16, 24, 40, 48, 96]
+
+
+def test_mseenet_inception_branches() -> None:
+    net = create_model("mseenet", 4, branch1x1=8, branch3x3=[4, 12], branch5x5=[2, 6], pool_proj=10)
+    x = torch.randn(2, 1280, 5, 5)
+    inc = net.inception
+    outs = [inc.b1(x), inc.b3(x), inc.b5(x), inc.bp(x)]
+    assert [o.shape[1] for o in outs] == [8, 12, 6, 10]
+    assert all(o.shape[-2:] == (5, 5) for o in outs)
+    assert inc(x).shape == (2, 36, 5, 5) and net.fc.in_features == 36
+    assert [m.kernel_size for m in inc.b5.modules() if isinstance(m, nn.Conv2d)] == [(1, 1), (5, 5)]
+    with pytest.raises(ValueError, match="branch3x3"):
+        create_model("mseenet", 4, branch3x3=[4])
+
+
+def test_new_architectures_pass_pretrained_to_timm(monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+
+    real = timm.create_model
+    asked: list[tuple[str, bool]] = []
+
+    def spy(name: str, pretrained: bool = False, **kwargs: object) -> nn.Module:
+        asked.append((name, pretrained))
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    for name in ("mseenet", "aldl", "aldl_mobilenetv3", "vgg16_mod", "mobilenet_m"):
+        create_model(name, 2, image_size=64, pretrained=True)
+    assert asked == [
+        ("tf_efficientnetv2_b0", True),
+        ("tf_efficientnetv2_s", True),
+        ("mobilenetv3_small_100", True),
+        ("vgg16", True),
+        ("mobilenetv1_100", True),
+    ]
+
+
+def test_local_weights_load_into_new_backbones(tmp_path: Path) -> None:
+    import timm
+
+    for name, timm_name in (
+        ("mobilenet_m", "mobilenetv1_100"),
+        ("aldl_mobilenetv3", "mobilenetv3_small_100"),
+    ):
+        source = timm.create_model(timm_name, num_classes=1000)
+        path = tmp_path / f"{timm_name}.pth"
+        torch.save(source.state_dict(), path)
+        net = create_model(name, 2, weights=str(path))
+        own, theirs = net.backbone.state_dict(), source.state_dict()
+        shared = [k for k in own if k in theirs]
+        # Every backbone tensor comes from the file (the 1000-class classifier is not in it).
+        assert len(shared) == len(own), (name, sorted(set(own) - set(theirs)))
+        assert all(torch.equal(own[k], theirs[k]) for k in shared), name
+
+
+# ---------------------------------------------------------------- two-phase training (MSEENet)
+def _classifier(cfg: DictConfig, num_classes: int = 4, image_size: int = 32) -> Classifier:
+    return Classifier(
+        model=cfg.model,
+        loss=cfg.loss,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.scheduler,
+        num_classes=num_classes,
+        class_names=[str(i) for i in range(num_classes)],
+        image_size=image_size,
+    )
+
+
+def _backbone_bns(module: Classifier) -> list[nn.Module]:
+    return [m for m in module.net.backbone.modules() if isinstance(m, _BatchNorm)]
+
+
+def test_backbone_phase_hooks_and_param_groups(tmp_path: Path) -> None:
+    cfg = compose_config(
+        [
+            "model=mseenet",
+            "model.freeze_backbone_epochs=2",
+            "model.backbone_lr_scale=0.1",
+            "optimizer.lr=0.01",
+        ],
+        output_dir=tmp_path,
+    )
+    module = _classifier(cfg)
+    backbone = [p for p in module.net.backbone.parameters()]
+    head = [p for n, p in module.net.named_parameters() if not n.startswith("backbone.")]
+    assert len(module._backbone_param_names) == len(backbone)
+    optimizer = module.configure_optimizers()
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert groups["head"]["lr"] == pytest.approx(0.01) and groups["backbone"]["lr"] == pytest.approx(0.001)
+    assert {id(p) for p in groups["backbone"]["params"]} == {id(p) for p in backbone}
+    assert {id(p) for p in groups["head"]["params"]} == {id(p) for p in head}
+
+    module.train()
+    module.on_train_epoch_start()  # epoch 0 < 2: frozen
+    assert module.backbone_frozen
+    assert not any(p.requires_grad for p in backbone) and all(p.requires_grad for p in head)
+    assert not any(m.training for m in _backbone_bns(module))
+    module.train()  # as Lightning does after each validation
+    assert not any(m.training for m in _backbone_bns(module))
+    assert all(m.training for m in module.net.inception.modules())
+    module.set_backbone_frozen(False)
+    assert all(p.requires_grad for p in backbone) and all(m.training for m in _backbone_bns(module))
+
+
+def test_backbone_freezing_under_ddp_asks_for_unused_parameter_search(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    module = _classifier(
+        compose_config(["model=mobilenet_m", "model.freeze_backbone_epochs=1"], output_dir=tmp_path)
+    )
+    try:
+        module._trainer = SimpleNamespace(strategy=DDPStrategy())
+        with pytest.raises(ValueError, match=r"trainer\.strategy=ddp_find_unused_parameters_true"):
+            module.setup("fit")
+        module._trainer = SimpleNamespace(strategy=DDPStrategy(find_unused_parameters=True))
+        module.setup("fit")
+    finally:
+        module._trainer = None
+
+
+def test_backbone_phase_keeps_the_backbones_own_choices(tmp_path: Path) -> None:
+    # A timm baseline's backbone includes its (new) classifier, which must train from the start;
+    # VGG16's block 5, frozen by the architecture, must stay frozen after the frozen phase.
+    module = _classifier(
+        compose_config(["model=resnet18", "model.freeze_backbone_epochs=1"], output_dir=tmp_path)
+    )
+    fc = {id(p) for p in module.net.backbone.fc.parameters()}
+    named = dict(module.named_parameters())
+    assert not {id(named[n]) for n in module._backbone_param_names} & fc
+    module.set_backbone_frozen(True)
+    assert all(p.requires_grad for p in module.net.backbone.fc.parameters())
+    vgg = _classifier(
+        compose_config(["model=vgg16_mod", "model.freeze_backbone_epochs=1"], output_dir=tmp_path)
+    )
+    vgg.set_backbone_frozen(True)
+    vgg.set_backbone_frozen(False)
+    assert _count(vgg.net)[1] == _count(create_model("vgg16_mod", 4, image_size=32))[1]
+    assert not any(p.requires_grad for p in vgg.net.backbone.features[24:].parameters())
+
+
+class _PhaseProbe(L.Callback):
+    """Snapshots of the backbone and the head at the start and after each training epoch."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+        self.frozen_batches: list[tuple[int, bool, bool, bool]] = []
+
+    def _snap(self, module: Classifier) -> None:
+        backbone = {k: v.detach().clone() for k, v in module.net.backbone.state_dict().items()}
+        head = {k: v.detach().clone() for k, v in module.net.fc.state_dict().items()}
+        self.snapshots.append((backbone, head))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._snap(pl_module)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        params = list(pl_module.net.backbone.parameters())
+        self.frozen_batches.append(
+            (
+                trainer.current_epoch,
+                all(p.grad is None for p in params),
+                not any(p.requires_grad for p in params),
+                not any(m.training for m in _backbone_bns(pl_module)),
+            )
+        )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._snap(pl_module)
+
+
+def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], suffix: str = "") -> set[str]:
+    return {k for k in before if k.endswith(suffix) and not torch.equal(before[k], after[k])}
+
+
+def test_mseenet_two_phase_training_run(tmp_path: Path) -> None:
+    """A real Lightning run: epoch 0 trains the head only, epoch 1 the backbone too."""
+    cfg = compose_config(
+        [*TINY, "model=mseenet", "model.freeze_backbone_epochs=1", "logger=none"], output_dir=tmp_path
+    )
+    datamodule = build_datamodule(cfg)
+    datamodule.setup()
+    module = _classifier(cfg, datamodule.num_classes, datamodule.image_size)
+    probe = _PhaseProbe()
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[probe],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    assert [(e, no_grad, frozen, bn_eval) for e, no_grad, frozen, bn_eval in probe.frozen_batches] == [
+        (0, True, True, True),
+        (0, True, True, True),
+        (1, False, False, False),
+        (1, False, False, False),
+    ]
+    (b0, h0), (b1, h1), (b2, h2) = probe.snapshots
+    # Frozen phase: not one backbone weight or BatchNorm statistic moved; the head trained.
+    assert _changed(b0, b1) == set()
+    assert _changed(h0, h1)
+    # After it: the backbone's weights and BatchNorm statistics train.
+    assert _changed(b1, b2, "weight") and _changed(b1, b2, "running_mean")
+    assert _changed(h1, h2)

@@ -11,17 +11,23 @@ import torch
 
 from leuk.data.synthetic import SyntheticSource
 from leuk.train import CheckpointMismatchError, train
-from tests.helpers import PYTHON, TINY, TINY_LOADER, compose_config, subprocess_env
+from tests.helpers import PYTHON, TINY, TINY_LOADER, compose_config, data_dir, subprocess_env
 from tests.test_configs import all_options
 
 # Options that need hardware this machine may not have.
-NEEDS_GPU = {("trainer", "gpu")}
+NEEDS_GPU = {("trainer", "gpu"), ("trainer", "ddp"), ("trainer", "slurm")}
+# Multi-process options relaunch the command line, so they run as a subprocess (tests/test_ddp.py).
+SUBPROCESS_ONLY = {("trainer", "ddp_cpu")}
+# Options that read the real data sets (LEUK_DATA_DIR).
+REAL_DATA = {("data", "all"), ("data", "cnmc")}
 # Options that only configure a Hydra sweep: composing them is tested in test_configs.
 NOT_A_RUN = {"sweep"}
+# Options that cannot run at the tiny size, with what they need instead.
+EXTRA_OVERRIDES = {("model", "inception_v3"): ["data.image_size=80"]}
 
 
 def run_options() -> list[tuple[str, str]]:
-    return [(g, o) for g, o in all_options() if g not in NOT_A_RUN]
+    return [(g, o) for g, o in all_options() if g not in NOT_A_RUN and (g, o) not in SUBPROCESS_ONLY]
 
 
 def tiny_folder(tmp_root: Path) -> str:
@@ -35,11 +41,16 @@ def test_fast_dev_run_every_option(group: str, option: str, tmp_path: Path) -> N
     if (group, option) in NEEDS_GPU and not torch.cuda.is_available():
         pytest.skip(f"{group}={option} needs a CUDA GPU")
     overrides = [f"{group}={option}", *TINY, "trainer.fast_dev_run=true"]
+    if (group, option) in REAL_DATA:
+        if data_dir() is None:
+            pytest.skip(f"{group}={option} reads the real data set: set LEUK_DATA_DIR")
+        overrides = [f"{group}={option}", *TINY_LOADER, "trainer.fast_dev_run=true"]
     if (group, option) == ("data", "folder"):
         overrides = [f"{group}={option}", *TINY_LOADER, "trainer.fast_dev_run=true"]
-        overrides.append(f"data.source.root={tiny_folder(tmp_path)}")
+        overrides.append(f"data.root={tiny_folder(tmp_path)}")
     if group != "logger":
         overrides.append("logger=none")
+    overrides += EXTRA_OVERRIDES.get((group, option), [])
     cfg = compose_config(overrides, output_dir=tmp_path)
     metrics = train(cfg)
     assert metrics["n_test"] > 0

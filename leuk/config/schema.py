@@ -45,7 +45,11 @@ MODEL: dict[str, Any] = {
     "channels_last": bool,
     "mean": list,
     "std": list,
+    "freeze_backbone_epochs": int,
+    "backbone_lr_scale": float,
     "arch": dict,
+    # What the paper used (input size, ImageNet start, loss, ...): a record, not read by the code.
+    "paper": dict | None,
 }
 
 SCHEDULER: dict[str, Any] = {

@@ -10,10 +10,17 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from leuk.data.dataset import CachedImageDataset
-from leuk.data.decode import BadImagesError, DecodedImages, decode_all
+from leuk.data.balance import (
+    BALANCE_METHODS,
+    BalanceMethod,
+    desaturated_hsv_copy,
+    inverse_frequency_weights,
+    oversample_indices,
+)
+from leuk.data.dataset import CachedImageDataset, UnpaddedDistributedSampler
+from leuk.data.decode import BadImagesError, DecodedImages, decode_all, decode_file
 from leuk.data.grouping import Grouping, group_images
 from leuk.data.sources import DataError, ImageRecord, SourceScan
 from leuk.data.splits import SPLITS
@@ -32,6 +39,9 @@ class LeukDataModule(L.LightningDataModule):
         self,
         source: Any,
         split: Any,
+        root: str | None = None,
+        fold: int | None = None,
+        fold_index: int | None = None,
         image_size: int = 224,
         batch_size: int = 32,
         num_workers: int = 2,
@@ -42,10 +52,26 @@ class LeukDataModule(L.LightningDataModule):
         group_duplicates: bool = True,
         near_duplicate_distance: int | None = 4,
         skip_bad: bool = False,
+        group_subjects: bool = False,
+        balance: BalanceMethod = "none",
+        hsv_copy_class: str = "hem",
+        hsv_copy_as_rgb: bool = False,
         seed: int = 0,
         train_transform: Any = None,
     ) -> None:
         super().__init__()
+        if balance not in BALANCE_METHODS:
+            raise DataError(f"data.balance must be one of {', '.join(BALANCE_METHODS)}; got '{balance}'")
+        if root is not None:
+            # data.root is the one place a user names the data set's folder.
+            source.root = root
+        if fold_index is not None:
+            if not hasattr(split, "fold_index"):
+                raise DataError(
+                    f"data.fold_index is only used by k-fold splits (data/split=kfold); this split is "
+                    f"{split.describe()}"
+                )
+            split.fold_index = fold_index
         if image_size < 16:
             raise DataError(f"data.image_size must be at least 16 px, got {image_size}")
         if batch_size < 1:
@@ -66,6 +92,12 @@ class LeukDataModule(L.LightningDataModule):
         self.group_duplicates = group_duplicates
         self.near_duplicate_distance = near_duplicate_distance
         self.skip_bad = skip_bad
+        self.fold = fold
+        self.group_subjects = group_subjects
+        self.balance = balance
+        self.hsv_copy_class = hsv_copy_class
+        self.hsv_copy_as_rgb = hsv_copy_as_rgb
+        self.class_weights: list[float] | None = None
         self.seed = seed
         self.train_transform = train_transform
         self._ready = False
@@ -76,7 +108,7 @@ class LeukDataModule(L.LightningDataModule):
         if self._ready:
             return
         scan: SourceScan = self.source.scan()
-        records = scan.records
+        records = self._select_fold(scan.records)
         decoded = decode_all(
             [r.path for r in records],
             self.image_size,
@@ -97,8 +129,54 @@ class LeukDataModule(L.LightningDataModule):
         self.assignment = assignment
         self.class_names = scan.class_names
         self.indices = {s: np.flatnonzero(assignment == s) for s in SPLITS}
+        self._apply_balance()
         self._summarize()
         self._ready = True
+
+    def _select_fold(self, records: list[ImageRecord]) -> list[ImageRecord]:
+        """With ``data.fold=k``, keep fold k only (C-NMC's per-fold protocol splits each fold alone)."""
+        if self.fold is None:
+            return records
+        available = sorted({r.fold for r in records if r.fold is not None})
+        if not available:
+            raise DataError("data.fold is set, but this source has no folds (only C-NMC has)")
+        if self.fold not in available:
+            raise DataError(f"data.fold={self.fold} is out of range: the source has folds {available}")
+        return [r for r in records if r.fold == self.fold]
+
+    def _apply_balance(self) -> None:
+        """Balance the training split only; validation and test keep their images as they are."""
+        train = self.indices["train"]
+        self.train_indices = train
+        self.copy_of = np.zeros(0, dtype=np.int64)
+        self.copy_images: np.ndarray | None = None
+        n_classes = len(self.class_names)
+        if self.balance == "oversample":
+            self.train_indices = oversample_indices(train, self.labels, self.seed)
+        elif self.balance == "class_weights":
+            self.class_weights = inverse_frequency_weights(self.labels[train], n_classes).tolist()
+        elif self.balance == "hsv_copy":
+            folders = self.scan.folder_names
+            if self.hsv_copy_class not in folders:
+                raise DataError(
+                    f"data.hsv_copy_class='{self.hsv_copy_class}' is not a class folder ({folders})"
+                )
+            cls = folders.index(self.hsv_copy_class)
+            self.copy_of = train[self.labels[train] == cls]
+            # Made once, after the split, from training images only: no copy of a validation or
+            # test image can reach training.
+            self.copy_images = (
+                np.stack([desaturated_hsv_copy(self._pixels(i), self.hsv_copy_as_rgb) for i in self.copy_of])
+                if len(self.copy_of)
+                else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+            )
+            n = len(self.records)
+            self.train_indices = np.concatenate([train, n + np.arange(len(self.copy_of))])
+
+    def _pixels(self, i: int) -> np.ndarray:
+        if self.decoded.images is not None:
+            return np.asarray(self.decoded.images[i])
+        return decode_file(self.records[i].path, self.image_size)
 
     def _drop_bad(
         self, records: list[ImageRecord], decoded: DecodedImages
@@ -138,7 +216,10 @@ class LeukDataModule(L.LightningDataModule):
                 "of the train/test line (a naive split, as some papers used)"
             )
             return Grouping(np.arange(len(records)), [], [], 0)
-        return group_images(decoded.sha256, decoded.dhash, self.near_duplicate_distance)
+        subjects = [r.subject for r in records] if self.group_subjects else None
+        if self.group_subjects and not any(subjects or []):
+            raise DataError("data.group_subjects=true, but this source has no subject IDs")
+        return group_images(decoded.sha256, decoded.dhash, self.near_duplicate_distance, subjects)
 
     def _summarize(self) -> None:
         counts = {
@@ -150,12 +231,16 @@ class LeukDataModule(L.LightningDataModule):
             "split_protocol": self.split.describe(),
             "n_images": len(self.records),
             "n_train": len(self.indices["train"]),
+            "n_train_balanced": len(self.train_indices),
+            "balance": self.balance,
+            "train_copies_added": len(self.copy_of),
             "n_val": len(self.indices["val"]),
             "n_test": len(self.indices["test"]),
             "class_counts": counts,
             "grouping": "on" if self.group_duplicates else "off (naive split: duplicates may leak)",
             "n_groups": self.grouping.n_groups,
             "images_merged_into_groups": self.grouping.merged,
+            "subject_grouping": self.group_subjects,
             "exact_duplicate_pairs": len(self.grouping.exact_pairs),
             "near_duplicate_pairs": len(self.grouping.near_pairs),
             "bad_images_skipped": len(self.decoded.bad),
@@ -184,49 +269,82 @@ class LeukDataModule(L.LightningDataModule):
         return len(self.class_names)
 
     def split_frame(self) -> pd.DataFrame:
-        """The split manifest (``split.csv``): absolute path, label, class name, split, group."""
-        return pd.DataFrame(
+        """The split manifest (``split.csv``): absolute path, label, class name, split, group, and
+        ``variant`` (``original``, or ``hsv_copy`` for a balancing copy of a training image)."""
+        frame = pd.DataFrame(
             {
                 "path": [r.path for r in self.records],
                 "label": self.labels,
                 "class_name": [self.class_names[c] for c in self.labels],
                 "split": self.assignment,
                 "group": self.grouping.groups,
+                "subject": [r.subject for r in self.records],
+                "variant": "original",
             }
         )
+        if len(self.copy_of):
+            copies = frame.iloc[self.copy_of].copy()
+            copies["variant"] = "hsv_copy"
+            frame = pd.concat([frame, copies], ignore_index=True)
+        return frame
 
-    def dataset(self, split: str, augment: bool | None = None) -> CachedImageDataset:
+    def dataset(self, split: str, augment: bool | None = None, balanced: bool = True) -> CachedImageDataset:
+        """The images of ``split``; the training split with its balancing unless ``balanced=False``."""
         if not self._ready:
             self.setup()
         use_aug = (split == "train") if augment is None else augment
+        indices = self.train_indices if (split == "train" and balanced) else self.indices[split]
         return CachedImageDataset(
-            self.indices[split],
-            self.labels,
+            indices,
+            np.concatenate([self.labels, self.labels[self.copy_of]]),
             self.decoded.images,
             [r.path for r in self.records],
             self.image_size,
             self.train_transform if use_aug else None,
+            extra_images=self.copy_images,
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(split)
         if len(ds) == 0:
             raise DataError(f"the {split} split is empty (data.split: {self.split.describe()})")
+        sampler = None
+        if split != "train" and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning's default DistributedSampler pads the last shard by repeating images, so a
+            # test image could be counted twice; this sampler gives each rank a disjoint share, every
+            # image exactly once (Lightning keeps a sampler that is already distributed).
+            sampler = UnpaddedDistributedSampler(ds)
+        if split == "train" and self.balance == "weighted_sampler":
+            train_labels = self.labels[self.train_indices]
+            weights = 1.0 / np.bincount(train_labels)[train_labels]
+            generator = torch.Generator().manual_seed(self.seed)
+            sampler = WeightedRandomSampler(
+                weights.tolist(), len(train_labels), replacement=True, generator=generator
+            )
+            shuffle = False
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            drop_last=False,
+            # A lone last training image would break BatchNorm in training mode (one value per
+            # channel); drop only that case, never a real batch, and never in evaluation.
+            drop_last=split == "train" and len(ds) > self.batch_size and len(ds) % self.batch_size == 1,
         )
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.indices["val"]) > 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    def val_dataloader(self) -> DataLoader | list:
+        # A protocol without validation (data.split.val=0) runs no validation loop.
+        return self._loader("val", shuffle=False) if self.has_val else []
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

@@ -6,11 +6,11 @@ to the GPU. Scaling to [0, 1] and normalization happen on the device (``Classifi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from leuk.data.decode import decode_file
 
@@ -24,6 +24,7 @@ class CachedImageDataset(Dataset):
         paths: Sequence[str],
         size: int,
         transform: Callable[..., dict] | None = None,
+        extra_images: np.ndarray | None = None,
     ) -> None:
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -31,6 +32,9 @@ class CachedImageDataset(Dataset):
         self.paths = paths
         self.size = size
         self.transform = transform
+        # Rows past the decoded images: balancing copies made after the split (training only).
+        self.extra_images = extra_images
+        self.n_decoded = len(paths)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -38,6 +42,9 @@ class CachedImageDataset(Dataset):
     def image(self, i: int) -> np.ndarray:
         """The decoded (not augmented) HWC uint8 image of item ``i``."""
         j = int(self.indices[i])
+        if j >= self.n_decoded:
+            assert self.extra_images is not None
+            return np.array(self.extra_images[j - self.n_decoded])
         if self.images is not None:
             # A copy: rows of a read-only memory map must not be handed to torch or albumentations.
             return np.array(self.images[j])
@@ -49,3 +56,19 @@ class CachedImageDataset(Dataset):
             img = self.transform(image=img)["image"]
         tensor = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
         return tensor, int(self.labels[self.indices[i]])
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Rank r of n takes items r, r + n, r + 2n, …: shards differ by at most one item and no item
+    is repeated (evaluation must see each image exactly once)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = len(range(self.rank, len(dataset), self.num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples

@@ -27,6 +27,7 @@ class ImageRecord:
     path: str
     label: int
     subject: str | None = None
+    fold: int | None = None
 
 
 @dataclass
@@ -103,21 +104,36 @@ def scan_class_folders(
 
 
 class FolderSource:
-    """Any ImageFolder-style root: one sub-folder per class (``data=folder data.source.root=...``)."""
+    """Any ImageFolder-style root: one sub-folder per class (``data=folder data.root=...``).
+
+    ``variant`` names an optional level between the root and the class folders (the ALL download
+    holds ``Original/`` and ``Segmented/``): it is used when the root has it, so ``data.root`` may
+    point at either level.
+    """
 
     def __init__(
         self,
-        root: str,
+        root: str | None = None,
         classes: dict[str, str] | list[str] | None = None,
+        variant: str | None = None,
         extensions: list[str] | None = None,
     ) -> None:
         self.root = root
         self.classes = classes
+        self.variant = variant
         self.extensions = tuple(extensions) if extensions else IMAGE_EXTENSIONS
 
+    def resolved_root(self) -> Path:
+        if not self.root:
+            raise DataError("no data root given: set data.root=/path/to/the/dataset")
+        root = Path(self.root).expanduser()
+        if self.variant and (root / self.variant).is_dir():
+            return root / self.variant
+        return root
+
     def scan(self) -> SourceScan:
-        return scan_class_folders(self.root, self.classes, self.extensions)
+        return scan_class_folders(self.resolved_root(), self.classes, self.extensions)
 
     @property
     def cache_key(self) -> str:
-        return f"folder:{Path(self.root).expanduser().resolve()}"
+        return f"folder:{self.resolved_root().resolve()}"

@@ -97,3 +97,67 @@ class RatioSplit:
     def describe(self) -> str:
         f = self.fractions
         return f"ratio {f['train']:g}/{f['val']:g}/{f['test']:g}"
+
+
+class TrainTestSplit:
+    """A train/test protocol (70/30 and 60/40 in ALDL) with a validation part for early stopping
+    carved from the training part (``val`` is a fraction of the training part; 0 allowed)."""
+
+    def __init__(self, test: float = 0.3, val: float = 0.1) -> None:
+        test = _check_fraction("test", test)
+        val = _check_fraction("val", val)
+        if not 0 < test < 1:
+            raise DataError(f"data.split.test must lie strictly between 0 and 1, got {test}")
+        if val >= 1:
+            raise DataError(f"data.split.val is a fraction of the training part and must be < 1, got {val}")
+        self.test = test
+        self.val = val
+        train_part = 1.0 - test
+        self.fractions = {"train": train_part * (1 - val), "val": train_part * val, "test": test}
+
+    def assign(
+        self, labels: np.ndarray, groups: np.ndarray, seed: int, class_names: list[str] | None = None
+    ) -> np.ndarray:
+        return stratified_group_assign(labels, groups, self.fractions, seed, class_names)
+
+    def describe(self) -> str:
+        return f"train/test {1 - self.test:g}/{self.test:g} (val {self.val:g} of train)"
+
+
+class KFoldSplit:
+    """Stratified group k-fold cross-validation: fold ``fold_index`` is the test part, the rest is
+    training data, of which ``val`` (a fraction) is held out for validation."""
+
+    def __init__(self, k: int = 5, fold_index: int = 0, val: float = 0.1) -> None:
+        if k < 2:
+            raise DataError(f"data.split.k must be at least 2, got {k}")
+        self.k = k
+        self.val = _check_fraction("val", val)
+        if self.val >= 1:
+            raise DataError(f"data.split.val must be < 1, got {val}")
+        self.fold_index = fold_index
+
+    def assign(
+        self, labels: np.ndarray, groups: np.ndarray, seed: int, class_names: list[str] | None = None
+    ) -> np.ndarray:
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        if not 0 <= self.fold_index < self.k:
+            raise DataError(
+                f"data.fold_index={self.fold_index} is out of range for {self.k}-fold (0…{self.k - 1})"
+            )
+        labels = np.asarray(labels)
+        groups = np.asarray(groups)
+        folds = StratifiedGroupKFold(n_splits=self.k, shuffle=True, random_state=seed)
+        train_idx, test_idx = list(folds.split(np.zeros(len(labels)), labels, groups))[self.fold_index]
+        out = np.empty(len(labels), dtype=object)
+        out[test_idx] = "test"
+        inner = {"train": 1 - self.val, "val": self.val}
+        # A different stream from the fold shuffling, so the validation part is not tied to the folds.
+        out[train_idx] = stratified_group_assign(
+            labels[train_idx], groups[train_idx], inner, seed + 1, class_names
+        )
+        return out
+
+    def describe(self) -> str:
+        return f"{self.k}-fold, fold {self.fold_index} (val {self.val:g} of train)"

@@ -1,6 +1,7 @@
 """Architectures (plain ``nn.Module``s, registered by name) and the LightningModule that trains them."""
 
-from leuk.models import mcb_hypernet  # noqa: F401  (registers the architecture)
+# Importing each architecture module registers it.
+from leuk.models import aldl, mcb_hypernet, mobilenet_m, mseenet, vgg16_mod  # noqa: F401
 from leuk.models.registry import create_model, model_names, register_model
 
 __all__ = ["create_model", "model_names", "register_model"]

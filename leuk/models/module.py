@@ -3,18 +3,25 @@
 It owns what is common to every paper: the loss, the optimizer and scheduler from config, input
 scaling and normalization on the device, and one metric collection per stage. The architecture is
 a plain ``nn.Module`` (``self.net``) that knows nothing of Lightning.
+
+What changes with the epoch lives here too: a backbone frozen for the first epochs, then trained at
+its own learning rate (``model.freeze_backbone_epochs``, ``model.backbone_lr_scale``), and losses
+that switch over (``set_epoch``).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from leuk.metrics import classification_metrics
@@ -23,6 +30,19 @@ from leuk.models.registry import create_model
 
 def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def build_loss(loss: Mapping[str, Any], class_weights: list[float] | None = None) -> nn.Module:
+    """The loss from config; with ``class_weights`` (data.balance=class_weights), weighted per class
+    through the loss's own argument (``weight`` for cross-entropy, ``alpha`` for focal losses)."""
+    if not class_weights:
+        return instantiate(loss)
+    params = inspect.signature(get_class(loss["_target_"])).parameters
+    if "weight" in params:
+        return instantiate(loss, weight=torch.tensor(class_weights, dtype=torch.float32))
+    if "alpha" in params:
+        return instantiate(loss, alpha=list(class_weights))
+    raise ValueError(f"data.balance=class_weights: loss {loss['_target_']} takes no per-class weights")
 
 
 class Classifier(L.LightningModule):
@@ -35,8 +55,10 @@ class Classifier(L.LightningModule):
         num_classes: int,
         class_names: list[str],
         image_size: int,
+        class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
+        self._backbone_frozen = False
         model, loss, optimizer, scheduler = (_plain(c) for c in (model, loss, optimizer, scheduler))
         # Plain containers only: the checkpoint then rebuilds this module without Hydra.
         self.save_hyperparameters(
@@ -48,6 +70,7 @@ class Classifier(L.LightningModule):
                 "num_classes": num_classes,
                 "class_names": list(class_names),
                 "image_size": image_size,
+                "class_weights": class_weights,
             }
         )
         self.model_name = model["name"]
@@ -67,7 +90,10 @@ class Classifier(L.LightningModule):
         # architecture's keys and load with or without compile.
         compiled = torch.compile(net) if model.get("compile", False) else net
         object.__setattr__(self, "_forward_net", compiled)
-        self.criterion = instantiate(loss)
+        self.criterion = build_loss(loss, class_weights)
+        self.freeze_backbone_epochs = int(model.get("freeze_backbone_epochs", 0))
+        self.backbone_lr_scale = float(model.get("backbone_lr_scale", 1.0))
+        self._backbone_param_names = self._find_backbone_parameters()
         mean = torch.tensor(model.get("mean", (0.0, 0.0, 0.0)), dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(model.get("std", (1.0, 1.0, 1.0)), dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
@@ -76,6 +102,9 @@ class Classifier(L.LightningModule):
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.train_mean_loss = MeanMetric()
+        self.val_mean_loss = MeanMetric()
+        self.test_mean_loss = MeanMetric()
         self.test_confusion_matrix: list[list[int]] | None = None
 
     # ------------------------------------------------------------ data path
@@ -104,9 +133,13 @@ class Classifier(L.LightningModule):
         probs = logits.detach().float().softmax(dim=1)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(probs, y)
-        self.log(
-            f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(y)
-        )
+        # The epoch loss is a MeanMetric weighted by images: exact under DDP with uneven shards, and
+        # the same on every rank, so all ranks pick the same best checkpoint.
+        mean_loss = getattr(self, f"{stage}_mean_loss")
+        mean_loss.update(loss.detach(), weight=len(y))
+        if stage == "train":
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(y))
         if stage == "test":
             self.test_confusion.update(probs.argmax(dim=1), y)
@@ -121,16 +154,109 @@ class Classifier(L.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def on_test_epoch_start(self) -> None:
-        self.test_confusion.reset()
-
     def on_test_epoch_end(self) -> None:
         self.test_confusion_matrix = self.test_confusion.compute().long().tolist()
 
+    # ------------------------------------------------------------ two-phase training
+    def _find_backbone_parameters(self) -> list[str]:
+        """Names of the parameters the backbone phases act on (none when there is one phase).
+
+        The backbone's own classifier (a timm model built with classes) is left out: it is new and
+        trains from the start. So are parameters the architecture itself freezes, which stay frozen.
+        """
+        if self.freeze_backbone_epochs < 0 or self.backbone_lr_scale < 0:
+            raise ValueError("model.freeze_backbone_epochs and model.backbone_lr_scale must be >= 0")
+        if self.freeze_backbone_epochs == 0 and self.backbone_lr_scale == 1.0:
+            return []
+        backbone = getattr(self.net, "backbone", None)
+        if not isinstance(backbone, nn.Module):
+            raise ValueError(
+                f"model '{self.model_name}' has no `backbone` to freeze or give its own learning rate: "
+                "set model.freeze_backbone_epochs=0 and model.backbone_lr_scale=1.0"
+            )
+        get_classifier = getattr(backbone, "get_classifier", None)
+        classifier = get_classifier() if callable(get_classifier) else None
+        head = {id(p) for p in classifier.parameters()} if isinstance(classifier, nn.Module) else set()
+        ids = {id(p) for p in backbone.parameters() if p.requires_grad and id(p) not in head}
+        return [n for n, p in self.named_parameters() if id(p) in ids]
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self._backbone_frozen
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Freeze (or release) the backbone's parameters and BatchNorm statistics."""
+        names = set(self._backbone_param_names)
+        for name, p in self.named_parameters():
+            if name in names:
+                p.requires_grad_(not frozen)
+        self._backbone_frozen = frozen
+        if self.training:
+            self.train(True)
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        # Lightning switches the whole module back to training after every validation: a frozen
+        # backbone's BatchNorm layers must stay in eval mode, or their running statistics drift.
+        if mode and self._backbone_frozen:
+            for m in self.net.backbone.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        # DDP wraps the model before the first epoch, every parameter still trainable: parameters
+        # frozen later get no gradient, which DDP only tolerates when told to look for them.
+        if stage == "fit" and self.freeze_backbone_epochs > 0 and self._backbone_param_names:
+            ddp_kwargs = getattr(self.trainer.strategy, "_ddp_kwargs", None)
+            if ddp_kwargs is not None and not ddp_kwargs.get("find_unused_parameters", False):
+                raise ValueError(
+                    "model.freeze_backbone_epochs > 0 under DDP needs "
+                    "trainer.strategy=ddp_find_unused_parameters_true"
+                )
+
+    def _apply_backbone_phase(self) -> None:
+        frozen = self.current_epoch < self.freeze_backbone_epochs
+        if frozen != self._backbone_frozen:
+            self.set_backbone_frozen(frozen)
+
+    def on_train_epoch_start(self) -> None:
+        self._apply_backbone_phase()
+        self._set_loss_epoch()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # A run resumed from a mid-epoch checkpoint starts without on_train_epoch_start.
+        self._apply_backbone_phase()
+
+    def on_validation_epoch_start(self) -> None:
+        self._set_loss_epoch()
+
+    def on_test_epoch_start(self) -> None:
+        self._set_loss_epoch()
+        self.test_confusion.reset()
+
+    def _set_loss_epoch(self) -> None:
+        # Losses that change with the epoch (ce_then_focal) learn it here.
+        set_epoch = getattr(self.criterion, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(self.current_epoch)
+
     # ------------------------------------------------------------ optimization
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
+        backbone = set(self._backbone_param_names)
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad or n in backbone]
+        head_params = [p for n, p in named if n not in backbone]
+        backbone_params = [p for n, p in named if n in backbone]
+        if backbone_params:
+            # Parameters frozen for a phase stay in the optimizer: without a gradient, they are
+            # skipped (weight decay and momentum included) until they are released.
+            params: Any = [{"params": head_params, "name": "head"}]
+            params.append({"params": backbone_params, "name": "backbone"})
+        else:
+            params = head_params
         optimizer = instantiate(self.hparams.optimizer)(params=params)
+        if backbone_params:
+            optimizer.param_groups[1]["lr"] = optimizer.defaults["lr"] * self.backbone_lr_scale
         sched_cfg = self.hparams.scheduler or {}
         if not sched_cfg.get("scheduler"):
             return optimizer

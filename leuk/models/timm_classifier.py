@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import timm
+import torch
 from torch import nn
 
 
@@ -15,20 +16,18 @@ class TimmClassifier(nn.Module):
         model_name: str,
         pretrained: bool = False,
         dropout: float = 0.0,
-        image_size: int | None = None,
     ) -> None:
         super().__init__()
-        kwargs = {"drop_rate": dropout}
         self.backbone = timm.create_model(
-            model_name, pretrained=pretrained, num_classes=num_classes, **kwargs
+            model_name, pretrained=pretrained, num_classes=num_classes, drop_rate=dropout
         )
         self.num_features = self.backbone.num_features
 
-    def forward_features(self, x):
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(x)
 
-    def forward_head(self, features, pre_logits: bool = False):
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.backbone.forward_head(features, pre_logits=pre_logits)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)

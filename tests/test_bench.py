@@ -1,0 +1,36 @@
+"""``leuk.bench`` on a tiny configuration writes every field of bench.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from leuk.bench import bench
+from tests.helpers import TINY, compose_config
+
+FIELDS = {
+    "model", "image_size", "batch_size", "steps", "device", "lightning_images_per_s", "plain_images_per_s",
+    "ratio", "step_seconds", "data_seconds_per_batch", "data_fraction_of_step", "latency_ms_median",
+    "latency_ms_p90", "inference_images_per_s",
+}  # fmt: skip
+
+
+def test_bench_writes_all_fields(tmp_path: Path) -> None:
+    cfg = compose_config(
+        [*TINY, "bench.steps=3", "bench.warmup=1", "bench.latency_iters=3", "bench.repeats=1"],
+        output_dir=tmp_path,
+        config_name="bench",
+    )
+    result = bench(cfg)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert set(saved) >= FIELDS
+    assert saved["ratio"] == result["lightning_images_per_s"] / result["plain_images_per_s"]
+    for key in (
+        "lightning_images_per_s",
+        "plain_images_per_s",
+        "latency_ms_median",
+        "inference_images_per_s",
+    ):
+        assert saved[key] > 0, key
+    assert saved["latency_ms_p90"] >= saved["latency_ms_median"]
+    assert saved["batch_size"] == 8 and saved["image_size"] == 32
