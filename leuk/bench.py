@@ -75,7 +75,10 @@ def _device(cfg: DictConfig) -> torch.device:
 
 
 def _autocast(cfg: DictConfig, device: torch.device) -> Any:
-    precision = str(cfg.trainer.get("precision", "32-true"))
+    return _autocast_for(str(cfg.trainer.get("precision", "32-true")), device)
+
+
+def _autocast_for(precision: str, device: torch.device) -> Any:
     if precision.startswith("bf16"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if precision.startswith("16"):
@@ -151,20 +154,30 @@ def data_seconds_per_batch(loader: Any, steps: int) -> float:
 
 
 @torch.no_grad()
-def inference(cfg: DictConfig, net: torch.nn.Module, device: torch.device, size: int) -> dict[str, float]:
-    b = cfg.bench
+def measure_inference(
+    net: torch.nn.Module,
+    device: torch.device,
+    size: int,
+    *,
+    warmup: int,
+    iters: int,
+    batch_size: int,
+    precision: str = "32-true",
+) -> dict[str, float]:
+    """Batch-size-1 latency (median, p90, ms per image, after ``warmup`` calls) and images/s at
+    ``batch_size``, of ``net`` in eval mode on ``device`` (also used by ``leuk.eval``)."""
     net = net.to(device).eval()
     one = torch.randn(1, 3, size, size, device=device)
     times = []
-    with _autocast(cfg, device):
-        for i in range(b.warmup + b.latency_iters):
+    with _autocast_for(precision, device):
+        for i in range(warmup + iters):
             _sync(device)
             t = time.perf_counter()
             net(one)
             _sync(device)
-            if i >= b.warmup:
+            if i >= warmup:
                 times.append((time.perf_counter() - t) * 1000)
-        batch = torch.randn(b.batch_size, 3, size, size, device=device)
+        batch = torch.randn(batch_size, 3, size, size, device=device)
         net(batch)
         _sync(device)
         reps = 5
@@ -172,12 +185,25 @@ def inference(cfg: DictConfig, net: torch.nn.Module, device: torch.device, size:
         for _ in range(reps):
             net(batch)
         _sync(device)
-        throughput = reps * b.batch_size / (time.perf_counter() - t)
+        throughput = reps * batch_size / (time.perf_counter() - t)
     return {
         "latency_ms_median": statistics.median(times),
         "latency_ms_p90": float(np.percentile(times, 90)),
         "inference_images_per_s": throughput,
     }
+
+
+def inference(cfg: DictConfig, net: torch.nn.Module, device: torch.device, size: int) -> dict[str, float]:
+    b = cfg.bench
+    return measure_inference(
+        net,
+        device,
+        size,
+        warmup=b.warmup,
+        iters=b.latency_iters,
+        batch_size=b.batch_size,
+        precision=str(cfg.trainer.get("precision", "32-true")),
+    )
 
 
 @task_wrapper

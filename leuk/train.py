@@ -14,17 +14,23 @@ from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import leuk  # noqa: F401  (registers the config resolvers before Hydra composes)
 from leuk.callbacks import ThroughputMeter
 from leuk.config import config_dir
 from leuk.config.schema import validate_train_config
+from leuk.config.validate import check_sigmas
 from leuk.data.transforms import build_augmentation
-from leuk.metrics import DEFINITIONS
+from leuk.metrics import DEFINITIONS, is_confusion_key
 from leuk.models.module import Classifier
+from leuk.plots import load_history, write_test_plots
+from leuk.preprocess.pipeline import build_preprocess
+from leuk.robustness import flatten, noise_rows
 from leuk.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from leuk.utils.report import print_config_tree, print_metric_table, write_json
 from leuk.utils.task import task_wrapper
@@ -60,6 +66,7 @@ def build_datamodule(cfg: DictConfig) -> Any:
     """The DataModule of ``cfg.data`` with the run's seed and training augmentation."""
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.train_transform = build_augmentation(cfg.augmentation.get("transforms"))
+    datamodule.preprocess = build_preprocess(cfg.preprocess.get("steps"))
     return datamodule
 
 
@@ -78,6 +85,58 @@ def _without_validation(cfg: DictConfig) -> None:
             callbacks.early_stopping = None
         if cfg.scheduler.get("monitor", "").startswith("val/"):
             cfg.scheduler.monitor = "train/loss"
+
+
+def write_run_plots(out_dir: Path, module: Classifier, datamodule: Any, loggers: list[Any]) -> dict[str, str]:
+    """The test figures and training curves under ``<run>/plots/``, also sent to W&B when it logs.
+
+    The curves come from the CSV logger's ``metrics.csv`` where there is one (it spans a resumed
+    run's earlier epochs too), else from the epochs the module recorded in this process.
+    """
+    outputs = module.test_outputs
+    if outputs is None or not len(outputs["targets"]):
+        return {}
+    csv = next((lg for lg in loggers if isinstance(lg, CSVLogger)), None)
+    metrics_csv = Path(csv.experiment.metrics_file_path) if csv is not None else None
+    history = load_history(metrics_csv) if metrics_csv and metrics_csv.is_file() else module.history
+    test_set = datamodule.dataset("test")
+    plots = write_test_plots(out_dir / "plots", outputs, datamodule.class_names, test_set.image, history)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            for name, path in plots.items():
+                logger.log_image(key=f"plots/{name}", images=[str(path)])
+    return {name: str(path.relative_to(out_dir)) for name, path in plots.items()}
+
+
+def _stage_metrics(trainer: L.Trainer, stage: str) -> dict[str, float]:
+    # Confusion cells are left out: the matrix is written whole.
+    return {
+        k: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith(f"{stage}/") and not is_confusion_key(k)
+    }
+
+
+def noise_metrics_on_test(
+    module: Classifier, datamodule: Any, sigmas: list[float], seed: int
+) -> dict[str, float]:
+    """The tested checkpoint's metrics on noisy copies of the test split, as ``noise/<σ>/<metric>``."""
+    test_set = datamodule.dataset("test")
+    images = np.stack([test_set.image(i) for i in range(len(test_set))])
+    labels = test_set.labels[np.asarray(test_set.indices)]
+    module.eval()
+    rows = noise_rows(module, images, labels, datamodule.class_names, sigmas, datamodule.batch_size, seed)
+    log.info("noise robustness (accuracy by σ): %s", {r["sigma"]: round(r["test/accuracy"], 4) for r in rows})
+    return flatten(rows)
+
+
+def _update_wandb_summary(loggers: list[Any], metrics: dict[str, Any]) -> None:
+    # Test metrics logged after the last training step otherwise show only as history, not in the
+    # W&B runs table where sweeps are compared.
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(numbers)
 
 
 @task_wrapper
@@ -101,6 +160,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         class_names=datamodule.class_names,
         image_size=datamodule.image_size,
         class_weights=datamodule.class_weights,
+        preprocess_steps=cfg.preprocess.get("steps"),
     )
     if cfg.get("ckpt_path"):
         check_checkpoint(cfg.ckpt_path, cfg.model.name)
@@ -129,21 +189,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics: dict[str, Any] = {}
-    best = ""
+    if cfg.train:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    else:
+        best = cfg.get("ckpt_path") or ""
+    if cfg.train and datamodule.has_val and not trainer.fast_dev_run:
+        # The selected checkpoint's validation metrics: what a sweep may select on (test/* must
+        # stay untouched by model selection).
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update(_stage_metrics(trainer, "val"))
     if cfg.test:
-        if cfg.train:
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        else:
-            best = cfg.get("ckpt_path") or ""
         if not best:
             log.warning(
                 "no checkpoint to test (fast_dev_run or no checkpointing): testing the current weights"
             )
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics.update(_stage_metrics(trainer, "test"))
+        sigmas = check_sigmas(cfg.get("noise_sigmas"))
+        if sigmas and trainer.is_global_zero:
+            metrics.update(noise_metrics_on_test(module, datamodule, sigmas, cfg.seed))
         confusion = module.test_confusion_matrix or []
         metrics["test/confusion_matrix"] = confusion
         metrics["n_test"] = int(sum(map(sum, confusion)))
+        if trainer.is_global_zero:
+            metrics["plots"] = write_run_plots(out_dir, module, datamodule, loggers)
 
     metrics.update(
         {
@@ -154,6 +223,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "groups_merged": datamodule.summary["images_merged_into_groups"],
             "bad_images_skipped": datamodule.summary["bad_images_skipped"],
             "non_image_files_ignored": datamodule.summary["non_image_files_ignored"],
+            "preprocess": datamodule.summary["preprocess"],
+            "preprocess_stats": datamodule.summary["preprocess_stats"],
             "balance": datamodule.summary["balance"],
             "train_copies_added": datamodule.summary["train_copies_added"],
             "class_counts": datamodule.summary["class_counts"],
@@ -172,6 +243,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if trainer.is_global_zero:
         write_json(out_dir / "metrics.json", metrics)
+        _update_wandb_summary(loggers, metrics)
         if cfg.test:
             print_metric_table(metrics)
         log.info("run folder: %s", out_dir)
@@ -181,7 +253,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    # The value an Optuna sweep optimizes (``optimized_metric: test/mcc`` etc.).
+    # The value an Optuna sweep optimizes (``optimized_metric: val/mcc`` etc.).
     key = cfg.get("optimized_metric")
     return float(metrics[key]) if key and metrics.get(key) is not None else None
 

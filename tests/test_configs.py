@@ -43,6 +43,7 @@ def test_every_group_has_options() -> None:
         "callbacks",
         "debug",
         "sweep",
+        "experiment",
     }
     assert expected <= groups
 
@@ -183,3 +184,7 @@ def test_wheel_ships_the_config_tree(tmp_path) -> None:
     assert repo_configs <= names, sorted(repo_configs - names)
     modules = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "leuk").rglob("*.py")}
     assert modules <= names, sorted(modules - names)
+    # Package data read at run time (leuk.report's paper values).
+    data_files = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "leuk").rglob("*.csv")}
+    assert "leuk/reference/paper_results.csv" in data_files
+    assert data_files <= names, sorted(data_files - names)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -26,12 +28,49 @@ def _mixed_precision() -> str:
     return "16-mixed"
 
 
+def _hydra_job() -> Any | None:
+    """The running job's Hydra config, or None outside a Hydra app (the compose API, tests)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def _wandb_group(task_name: str) -> str:
+    """One W&B group per sweep, named after its experiment and sweep configs and its start time (the
+    sweep folder's name: every job of the sweep shares it, whichever process runs the job); a
+    single run is grouped by its task."""
+    from hydra.types import RunMode
+
+    hc = _hydra_job()
+    if hc is None or hc.mode != RunMode.MULTIRUN:
+        return task_name
+    choices = hc.runtime.choices
+    label = "-".join(str(c) for c in (choices.get("experiment"), choices.get("sweep")) if c) or task_name
+    return f"{label}_{Path(hc.sweep.dir).name}"
+
+
+def _wandb_tags(tags: Iterable[Any], model: str, seed: Any) -> list[str]:
+    """The run's own tags plus what tells the jobs of a sweep apart: model, protocol and seed."""
+    out = [str(t) for t in tags or []]
+    out += [f"model:{model}", f"seed:{seed}"]
+    hc = _hydra_job()
+    if hc is not None:
+        choices = hc.runtime.choices
+        for group in ("experiment", "data", "data/split"):
+            if choices.get(group):
+                out.append(f"{group.replace('data/', '')}:{choices[group]}")
+    # W&B refuses tags longer than 64 characters.
+    return list(dict.fromkeys(t[:64] for t in out))
+
+
 def register_resolvers() -> None:
     """Register ``leuk.*`` resolvers; safe to call more than once."""
     resolvers = {
         "leuk.run_token": lambda: _RUN_TOKEN,
         "leuk.user_cache": _user_cache,
         "leuk.mixed_precision": _mixed_precision,
+        "leuk.wandb_group": _wandb_group,
+        "leuk.wandb_tags": _wandb_tags,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

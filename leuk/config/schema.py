@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from leuk.config.validate import (
     ConfigError,
     check_call_arguments,
     check_keys,
     check_nested,
+    check_sigmas,
     check_target_node,
 )
 
@@ -35,6 +36,7 @@ TOP_LEVEL: dict[str, Any] = {
     "ckpt_path": str | None,
     "print_config": bool,
     "optimized_metric": str | None,
+    "noise_sigmas": list,
 }
 
 MODEL: dict[str, Any] = {
@@ -60,7 +62,7 @@ SCHEDULER: dict[str, Any] = {
 }
 
 # Arguments leuk passes to constructors itself; a config must not set them.
-DATA_SUPPLIED = ("seed", "train_transform")
+DATA_SUPPLIED = ("seed", "train_transform", "preprocess")
 MODEL_SUPPLIED = ("num_classes", "image_size", "pretrained", "model_name")
 
 
@@ -113,6 +115,12 @@ def validate_train_config(cfg: DictConfig, extra_top_level: dict[str, Any] | Non
         check_nested(cfg.augmentation.get("transforms"), "augmentation.transforms", problems)
     if "preprocess" in cfg:
         check_keys(cfg.preprocess, "preprocess", {"steps": list}, problems)
+        steps = cfg.preprocess.get("steps")
+        # check_nested checks each step's _target_ node; a step without one would never be built.
+        for i, step in enumerate(steps if isinstance(steps, ListConfig) else []):
+            if not (isinstance(step, DictConfig) and "_target_" in step):
+                problems.append(f"preprocess.steps[{i}]: expected a node with a _target_")
+        check_nested(steps, "preprocess.steps", problems)
     for group in ("loss", "optimizer", "trainer"):
         if group in cfg:
             check_target_node(cfg[group], group, problems)
@@ -122,5 +130,9 @@ def validate_train_config(cfg: DictConfig, extra_top_level: dict[str, Any] | Non
             check_target_node(cfg.scheduler.scheduler, "scheduler.scheduler", problems)
     _check_named_targets(cfg.get("logger"), "logger", problems)
     _check_named_targets(cfg.get("callbacks"), "callbacks", problems)
+    try:
+        check_sigmas(cfg.get("noise_sigmas"))
+    except ValueError as err:
+        problems.append(str(err))
     if problems:
         raise ConfigError(problems)

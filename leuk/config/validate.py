@@ -233,3 +233,11 @@ def check_keys(
 
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def check_sigmas(sigmas: Any, key: str = "noise_sigmas") -> list[float]:
+    """Noise strengths (0–255 scale) as floats, or a ValueError naming the setting."""
+    values = list(sigmas or [])
+    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s >= 0 for s in values):
+        raise ValueError(f"{key}: non-negative numbers (0–255 scale), got {values}")
+    return [float(s) for s in values]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from typing import Any
 
@@ -20,12 +21,24 @@ from leuk.data.balance import (
     oversample_indices,
 )
 from leuk.data.dataset import CachedImageDataset, UnpaddedDistributedSampler
-from leuk.data.decode import BadImagesError, DecodedImages, decode_all, decode_file
+from leuk.data.decode import BadImagesError, DecodedImages, decode_all, decode_file, open_rgb
 from leuk.data.grouping import Grouping, group_images
 from leuk.data.sources import DataError, ImageRecord, SourceScan
 from leuk.data.splits import SPLITS
 
 log = logging.getLogger(__name__)
+
+
+def _worker_context(num_workers: int) -> str | None:
+    """The start method of DataLoader workers, named rather than inherited.
+
+    Under Hydra's joblib launcher the job runs in a loky process whose default multiprocessing
+    context is loky's, which cannot start DataLoader workers; naming the platform's usual method
+    (fork on Linux, as torch has always used there; spawn elsewhere) works in both places.
+    """
+    if num_workers == 0:
+        return None
+    return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 class LeukDataModule(L.LightningDataModule):
@@ -58,6 +71,7 @@ class LeukDataModule(L.LightningDataModule):
         hsv_copy_as_rgb: bool = False,
         seed: int = 0,
         train_transform: Any = None,
+        preprocess: Any = None,
     ) -> None:
         super().__init__()
         if balance not in BALANCE_METHODS:
@@ -100,6 +114,10 @@ class LeukDataModule(L.LightningDataModule):
         self.class_weights: list[float] | None = None
         self.seed = seed
         self.train_transform = train_transform
+        # Deterministic preprocessing (leuk.preprocess.PreprocessPipeline): fitted on the training
+        # split, run once per image at full resolution, cached with the decoded pixels.
+        self.preprocess = preprocess
+        self.preprocess_stats: dict[str, Any] = {}
         self._ready = False
         self.summary: dict[str, Any] = {}
 
@@ -129,9 +147,39 @@ class LeukDataModule(L.LightningDataModule):
         self.assignment = assignment
         self.class_names = scan.class_names
         self.indices = {s: np.flatnonzero(assignment == s) for s in SPLITS}
+        if self.preprocess is not None and not self.preprocess.is_identity:
+            self._run_preprocess()
         self._apply_balance()
         self._summarize()
         self._ready = True
+
+    def _run_preprocess(self) -> None:
+        """Fit the pipeline on training images only, then preprocess every image once (cached)."""
+        pipeline = self.preprocess
+        if pipeline.needs_fit:
+            train_paths = [self.records[i].path for i in self.indices["train"]]
+            pipeline.fit(np.asarray(open_rgb(p)) for p in train_paths)
+        if self.cache == "none":
+            return  # the dataset runs the pipeline on every read
+        processed = decode_all(
+            [r.path for r in self.records],
+            self.image_size,
+            mode=self.cache,
+            cache_dir=self.cache_dir,
+            source_key=getattr(self.source, "cache_key", self.scan.description),
+            transform=pipeline,
+            transform_key=pipeline.cache_key(),
+            transform_stats=pipeline.stats,
+        )
+        if processed.bad:
+            raise BadImagesError(processed.bad)
+        self.decoded.images = processed.images
+        self.preprocess_stats = processed.stats
+        log.info(
+            "preprocessed %d images (%s) in %.1f s", len(self.records), pipeline.hash_key(), processed.seconds
+        )
+        if processed.stats:
+            log.info("preprocessing events: %s", processed.stats)
 
     def _select_fold(self, records: list[ImageRecord]) -> list[ImageRecord]:
         """With ``data.fold=k``, keep fold k only (C-NMC's per-fold protocol splits each fold alone)."""
@@ -176,7 +224,9 @@ class LeukDataModule(L.LightningDataModule):
     def _pixels(self, i: int) -> np.ndarray:
         if self.decoded.images is not None:
             return np.asarray(self.decoded.images[i])
-        return decode_file(self.records[i].path, self.image_size)
+        return decode_file(
+            self.records[i].path, self.image_size, self.preprocess if self._preprocessing else None
+        )
 
     def _drop_bad(
         self, records: list[ImageRecord], decoded: DecodedImages
@@ -245,6 +295,8 @@ class LeukDataModule(L.LightningDataModule):
             "near_duplicate_pairs": len(self.grouping.near_pairs),
             "bad_images_skipped": len(self.decoded.bad),
             "non_image_files_ignored": len(self.scan.ignored_files),
+            "preprocess": self.preprocess.cache_key() if self._preprocessing else "none",
+            "preprocess_stats": self.preprocess_stats,
             "decode_seconds": round(self.decoded.seconds, 3),
             "decode_cache_hit": self.decoded.from_cache,
         }
@@ -302,6 +354,7 @@ class LeukDataModule(L.LightningDataModule):
             self.image_size,
             self.train_transform if use_aug else None,
             extra_images=self.copy_images,
+            preprocess=self.preprocess if (self._preprocessing and self.decoded.images is None) else None,
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -330,10 +383,15 @@ class LeukDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            multiprocessing_context=_worker_context(self.num_workers),
             # A lone last training image would break BatchNorm in training mode (one value per
             # channel); drop only that case, never a real batch, and never in evaluation.
             drop_last=split == "train" and len(ds) > self.batch_size and len(ds) % self.batch_size == 1,
         )
+
+    @property
+    def _preprocessing(self) -> bool:
+        return self.preprocess is not None and not self.preprocess.is_identity
 
     @property
     def has_val(self) -> bool:

@@ -25,6 +25,7 @@ class CachedImageDataset(Dataset):
         size: int,
         transform: Callable[..., dict] | None = None,
         extra_images: np.ndarray | None = None,
+        preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -35,6 +36,8 @@ class CachedImageDataset(Dataset):
         # Rows past the decoded images: balancing copies made after the split (training only).
         self.extra_images = extra_images
         self.n_decoded = len(paths)
+        # Only without a pixel cache (data.cache=none): preprocessing then runs on every read.
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -48,7 +51,7 @@ class CachedImageDataset(Dataset):
         if self.images is not None:
             # A copy: rows of a read-only memory map must not be handed to torch or albumentations.
             return np.array(self.images[j])
-        return decode_file(self.paths[j], self.size)
+        return decode_file(self.paths[j], self.size, self.preprocess)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = self.image(i)

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,9 +65,15 @@ def resize_rgb(im: Image.Image, size: int) -> np.ndarray:
     return np.array(im, dtype=np.uint8)
 
 
-def decode_file(path: str, size: int) -> np.ndarray:
-    """One image at ``size``×``size`` (used where nothing is cached)."""
-    return resize_rgb(open_rgb(path), size)
+def decode_file(
+    path: str, size: int, transform: Callable[[np.ndarray], np.ndarray] | None = None
+) -> np.ndarray:
+    """One image at ``size``×``size``, preprocessed first if ``transform`` is given (used where
+    nothing is cached, and by prediction)."""
+    im = open_rgb(path)
+    if transform is not None:
+        im = Image.fromarray(transform(np.asarray(im)))
+    return resize_rgb(im, size)
 
 
 @dataclass
@@ -80,6 +86,8 @@ class DecodedImages:
     bad: list[tuple[str, str]] = field(default_factory=list)
     from_cache: bool = False
     seconds: float = 0.0
+    # What a preprocessing transform counted while it ran (kept in the cache with the pixels).
+    stats: dict = field(default_factory=dict)
 
 
 def _dhash64(im: Image.Image) -> int:
@@ -87,9 +95,9 @@ def _dhash64(im: Image.Image) -> int:
     return int("".join("1" if b else "0" for b in bits), 2)
 
 
-def _cache_key(source_key: str, paths: Sequence[str], size: int) -> str:
+def _cache_key(source_key: str, paths: Sequence[str], size: int, transform_key: str = "") -> str:
     h = hashlib.sha1()
-    h.update(f"v{CACHE_VERSION}|{source_key}|{size}".encode())
+    h.update(f"v{CACHE_VERSION}|{source_key}|{size}|{transform_key}".encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -104,9 +112,14 @@ def decode_all(
     cache_dir: str | Path | None = None,
     source_key: str = "",
     num_threads: int | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    transform_key: str = "",
+    transform_stats: Callable[[], dict] | None = None,
 ) -> DecodedImages:
     """Decode (or load from the disk cache) every image of ``paths``.
 
+    ``transform`` (deterministic preprocessing) runs on each full-resolution image before the
+    resize, and ``transform_key`` (its config and fitted state) joins the cache key.
     ``mode="none"`` still reads every file once, for its hashes, but keeps no pixels.
     """
     if mode not in CACHE_MODES:
@@ -116,7 +129,7 @@ def decode_all(
     if mode == "disk":
         if cache_dir is None:
             raise ValueError("data.cache=disk needs data.cache_dir")
-        folder = Path(cache_dir).expanduser() / _cache_key(source_key, paths, size)
+        folder = Path(cache_dir).expanduser() / _cache_key(source_key, paths, size, transform_key)
         loaded = _load(folder, len(paths))
         if loaded is not None:
             loaded.seconds = time.perf_counter() - start
@@ -149,6 +162,8 @@ def decode_all(
             im = open_rgb(data)
             dh[i] = _dhash64(im)
             if images is not None:
+                if transform is not None:
+                    im = Image.fromarray(transform(np.asarray(im)))
                 images[i] = resize_rgb(im, size)
         except (OSError, ValueError) as exc:
             bad.append((path, str(exc)))
@@ -158,13 +173,16 @@ def decode_all(
         with ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(work, range(n)))
         bad.sort()
-        result = DecodedImages(images, sha, dh, bad)
+        stats = transform_stats() if transform_stats is not None else {}
+        result = DecodedImages(images, sha, dh, bad, stats=stats)
         if mode == "disk" and not bad:
             assert tmp_dir is not None and folder is not None
             images.flush()
             del images
             (tmp_dir / "meta.json").write_text(
-                json.dumps({"n": n, "size": size, "sha256": sha, "dhash": [int(x) for x in dh]})
+                json.dumps(
+                    {"n": n, "size": size, "sha256": sha, "dhash": [int(x) for x in dh], "stats": stats}
+                )
             )
             # Another process (a DDP rank, a parallel job) may have finished first: keep its copy.
             with contextlib.suppress(OSError):
@@ -194,5 +212,10 @@ def _load(folder: Path, n: int) -> DecodedImages | None:
         return None
     images = np.load(folder / "images.npy", mmap_mode="r")
     return DecodedImages(
-        images, meta["sha256"], np.asarray(meta["dhash"], dtype=np.uint64), [], from_cache=True
+        images,
+        meta["sha256"],
+        np.asarray(meta["dhash"], dtype=np.uint64),
+        [],
+        from_cache=True,
+        stats=meta.get("stats", {}),
     )

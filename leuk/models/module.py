@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MeanMetric
@@ -29,7 +30,7 @@ from leuk.models.registry import create_model
 
 
 def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
 
 
 def build_loss(loss: Mapping[str, Any], class_weights: list[float] | None = None) -> nn.Module:
@@ -45,6 +46,22 @@ def build_loss(loss: Mapping[str, Any], class_weights: list[float] | None = None
     raise ValueError(f"data.balance=class_weights: loss {loss['_target_']} takes no per-class weights")
 
 
+def gather_outputs(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """Concatenate (probs, targets, indices) batches, from every DDP rank, sorted by index."""
+    local = [tuple(torch.cat(column).numpy() for column in zip(*parts, strict=True))] if parts else []
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Shards differ in size by one image, which all_gather of tensors cannot take.
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, local)
+        local = [part for rank in gathered for part in rank]
+    if not local:
+        empty = np.zeros(0, np.int64)
+        return {"probs": np.zeros((0, 0), np.float32), "targets": empty, "indices": empty}
+    probs, targets, indices = (np.concatenate(column) for column in zip(*local, strict=True))
+    order = np.argsort(indices, kind="stable")
+    return {"probs": probs[order], "targets": targets[order], "indices": indices[order]}
+
+
 class Classifier(L.LightningModule):
     def __init__(
         self,
@@ -56,6 +73,7 @@ class Classifier(L.LightningModule):
         class_names: list[str],
         image_size: int,
         class_weights: list[float] | None = None,
+        preprocess_steps: Any = None,
     ) -> None:
         super().__init__()
         self._backbone_frozen = False
@@ -71,6 +89,9 @@ class Classifier(L.LightningModule):
                 "class_names": list(class_names),
                 "image_size": image_size,
                 "class_weights": class_weights,
+                # The steps images went through before this model saw them: evaluation and
+                # prediction must repeat them, even where the run's Hydra config is not at hand.
+                "preprocess_steps": _plain(preprocess_steps),
             }
         )
         self.model_name = model["name"]
@@ -98,9 +119,18 @@ class Classifier(L.LightningModule):
         std = torch.tensor(model.get("std", (1.0, 1.0, 1.0)), dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
-        self.train_metrics = classification_metrics(num_classes, "train/")
-        self.val_metrics = classification_metrics(num_classes, "val/")
-        self.test_metrics = classification_metrics(num_classes, "test/")
+        self.train_metrics = classification_metrics(num_classes, "train/", class_names)
+        self.val_metrics = classification_metrics(num_classes, "val/", class_names)
+        self.test_metrics = classification_metrics(num_classes, "test/", class_names)
+        self._metrics_pending: set[str] = set()
+        # Per-epoch loss and accuracy for the training curves when no CSV logger keeps them.
+        self.history: list[dict[str, float]] = []
+        # The test set's probabilities, targets and loader indices, gathered from every rank
+        # (plots and evaluation need each prediction, not only the metrics).
+        self.test_outputs: dict[str, np.ndarray] | None = None
+        self._test_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._test_order: list[int] | None = None
+        self._test_seen = 0
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.train_mean_loss = MeanMetric()
         self.val_mean_loss = MeanMetric()
@@ -133,6 +163,7 @@ class Classifier(L.LightningModule):
         probs = logits.detach().float().softmax(dim=1)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(probs, y)
+        self._metrics_pending.add(stage)
         # The epoch loss is a MeanMetric weighted by images: exact under DDP with uneven shards, and
         # the same on every rank, so all ranks pick the same best checkpoint.
         mean_loss = getattr(self, f"{stage}_mean_loss")
@@ -140,10 +171,63 @@ class Classifier(L.LightningModule):
         if stage == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(y))
         if stage == "test":
             self.test_confusion.update(probs.argmax(dim=1), y)
+            self._keep_test_outputs(probs, y)
         return loss
+
+    def _log_epoch_metrics(self, stage: str) -> dict[str, float]:
+        """Compute (synchronized across ranks), log and reset one stage's metrics.
+
+        Logged here rather than as metric objects in ``_step``: per-class and confusion values come
+        out of ``compute()`` as a dict, which Lightning's metric-object logging cannot take.
+        """
+        if stage not in self._metrics_pending:
+            return {}
+        metrics = getattr(self, f"{stage}_metrics")
+        values = metrics.compute()
+        metrics.reset()
+        self._metrics_pending.discard(stage)
+        # Confusion counts are integers; Lightning's epoch reduction wants floats.
+        self.log_dict({k: v.float() for k, v in values.items()}, on_step=False, on_epoch=True)
+        return {k: float(v) for k, v in values.items()}
+
+    def _record_history(self, stage: str, values: dict[str, float]) -> None:
+        if not values:
+            return
+        loss = float(getattr(self, f"{stage}_mean_loss").compute())
+        entry = next((h for h in self.history if h["epoch"] == self.current_epoch), None)
+        if entry is None:
+            entry = {"epoch": self.current_epoch}
+            self.history.append(entry)
+        entry[f"{stage}/loss"] = loss
+        entry[f"{stage}/accuracy"] = values[f"{stage}/accuracy"]
+
+    def on_train_epoch_end(self) -> None:
+        self._record_history("train", self._log_epoch_metrics("train"))
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_epoch_metrics("val")
+        # Only fitting epochs go into the curves (not the post-fit trainer.validate of the best
+        # checkpoint, nor the sanity check).
+        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
+            self._record_history("val", values)
+
+    def _keep_test_outputs(self, probs: torch.Tensor, y: torch.Tensor) -> None:
+        n = len(y)
+        if self._test_order is not None and self._test_seen + n <= len(self._test_order):
+            idx = torch.tensor(self._test_order[self._test_seen : self._test_seen + n])
+        else:
+            idx = torch.arange(self._test_seen, self._test_seen + n)
+        self._test_seen += n
+        self._test_parts.append((probs.cpu(), y.detach().cpu(), idx))
+
+    def _test_loader_order(self) -> list[int] | None:
+        """The dataset indices the test loader yields, in order (this rank's share under DDP)."""
+        loaders = self.trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        sampler = getattr(loader, "sampler", None)
+        return None if sampler is None else [int(i) for i in sampler]
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -155,7 +239,10 @@ class Classifier(L.LightningModule):
         self._step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
         self.test_confusion_matrix = self.test_confusion.compute().long().tolist()
+        self.test_outputs = gather_outputs(self._test_parts)
+        self._test_parts = []
 
     # ------------------------------------------------------------ two-phase training
     def _find_backbone_parameters(self) -> list[str]:
@@ -234,6 +321,8 @@ class Classifier(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._set_loss_epoch()
         self.test_confusion.reset()
+        self._test_parts, self._test_seen = [], 0
+        self._test_order = self._test_loader_order()
 
     def _set_loss_epoch(self) -> None:
         # Losses that change with the epoch (ce_then_focal) learn it here.

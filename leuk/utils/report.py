@@ -52,3 +52,8 @@ def print_config_tree(cfg: DictConfig) -> None:
         text = OmegaConf.to_yaml(node, resolve=False) if isinstance(node, DictConfig) else str(node)
         tree.add(f"[bold]{key}[/bold]").add(text)
     Console().print(tree)
+
+
+def noise_key(sigma: float, metric: str) -> str:
+    """The flat metrics.json key of one noise-robustness value, e.g. ``noise/2/accuracy`` (σ = 2)."""
+    return f"noise/{sigma:g}/{metric}"

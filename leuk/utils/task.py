@@ -57,7 +57,7 @@ def _run_dir(cfg: DictConfig) -> Path | None:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
 
 
-def write_failure(cfg: DictConfig, error: BaseException) -> Path | None:
+def write_failure(cfg: DictConfig, error: BaseException, task: str | None = None) -> Path | None:
     """Write ``<run dir>/failed.json``; never raises (the task's own error is the one to report)."""
     try:
         run_dir = _run_dir(cfg)
@@ -65,6 +65,8 @@ def write_failure(cfg: DictConfig, error: BaseException) -> Path | None:
             return None
         record = {
             "status": "failed",
+            # Which entry point failed: leuk.report counts training runs, not a failed evaluation.
+            "task": task,
             "error": f"{type(error).__name__}: {error}",
             "overrides": _hydra_overrides(),
             # Enough to place the run in the report's table when .hydra/ is absent (compose API).
@@ -85,6 +87,12 @@ def write_failure(cfg: DictConfig, error: BaseException) -> Path | None:
     except Exception:
         log.exception("could not write %s", FAILED_FILE)
         return None
+
+
+def _task_name(fn: Callable[..., Any]) -> str:
+    # `python -m leuk.train` runs the module as __main__; its spec still says leuk.train.
+    spec = getattr(sys.modules.get(fn.__module__), "__spec__", None)
+    return f"{spec.name if spec is not None else fn.__module__}.{fn.__qualname__}"
 
 
 def _config_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> DictConfig | None:
@@ -109,7 +117,7 @@ def task_wrapper(fn: F) -> F:
             log.exception("the task failed")
             cfg = _config_argument(args, kwargs)
             if cfg is not None:
-                write_failure(cfg, error)
+                write_failure(cfg, error, task=_task_name(fn))
             raise
         finally:
             finish_wandb(exit_code=1 if failed else 0)

@@ -1,0 +1,18 @@
+"""Deterministic preprocessing of each paper (computed once, cached with the decoded images) and
+the image transforms the augmentation configs use.
+
+``build_preprocess(cfg.preprocess.steps)`` gives a ``PreprocessPipeline``; see ``base`` for the
+step interface.
+"""
+
+from leuk.preprocess.base import NotFittedError, PreprocessConfigError, PreprocessStep
+from leuk.preprocess.pipeline import PREPROCESS_VERSION, PreprocessPipeline, build_preprocess
+
+__all__ = [
+    "PREPROCESS_VERSION",
+    "NotFittedError",
+    "PreprocessConfigError",
+    "PreprocessPipeline",
+    "PreprocessStep",
+    "build_preprocess",
+]

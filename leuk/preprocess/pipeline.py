@@ -1,0 +1,114 @@
+"""A sequence of preprocessing steps with the step interface itself, built from ``preprocess.steps``."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from leuk.preprocess.base import PreprocessConfigError, PreprocessStep, check_image
+
+# Bump when a step's algorithm changes without a change of its config, so stale caches are not reused.
+PREPROCESS_VERSION = 1
+
+
+class PreprocessPipeline:
+    """Steps applied in order; ``fit`` fits each step on the training images as the steps before it
+    leave them, so a fitted step learns from what it will actually receive."""
+
+    def __init__(self, steps: Sequence[PreprocessStep] = ()) -> None:
+        self.steps = list(steps)
+        for i, step in enumerate(self.steps):
+            if not isinstance(step, PreprocessStep):
+                raise TypeError(
+                    f"preprocess.steps[{i}]: {type(step).__name__} lacks the step interface "
+                    "(__call__, needs_fit, fit, cache_key)"
+                )
+
+    @property
+    def needs_fit(self) -> bool:
+        return any(step.needs_fit for step in self.steps)
+
+    @property
+    def is_identity(self) -> bool:
+        """No step: the caller can skip the pass (and keep the plain decode cache)."""
+        return not self.steps
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        check_image(image, "preprocess")
+        for step in self.steps:
+            image = step(image)
+        return image
+
+    def fit(self, images: Iterable[np.ndarray]) -> None:
+        """Fit every step that needs it, on ``images`` (the training split only, by contract).
+
+        One pass over ``images`` per fitted step, each image run through the steps before it; an
+        array or a sequence is read again for each pass, a one-shot iterator is first kept in a list.
+        """
+        fitted = [i for i, step in enumerate(self.steps) if step.needs_fit]
+        if not fitted:
+            return
+        if len(fitted) > 1 and iter(images) is images:
+            images = list(images)
+        for i in fitted:
+            self.steps[i].fit(self._through(images, self.steps[:i]))
+
+    @staticmethod
+    def _through(images: Iterable[np.ndarray], steps: Sequence[PreprocessStep]) -> Iterator[np.ndarray]:
+        for image in images:
+            for step in steps:
+                image = step(image)
+            yield image
+
+    def cache_key(self) -> str:
+        """Readable key of every step's config and fitted state (``hash_key`` for a short one)."""
+        return f"preprocess-v{PREPROCESS_VERSION}[" + "|".join(s.cache_key() for s in self.steps) + "]"
+
+    def hash_key(self) -> str:
+        """16 hex digits of ``cache_key()``, for a file name."""
+        return hashlib.sha1(self.cache_key().encode()).hexdigest()[:16]
+
+    def stats(self) -> dict[str, Any]:
+        """Each step's counts as ``<step name>.<count>`` (``<name>[i].<count>`` if a name repeats)."""
+        names = [getattr(s, "name", type(s).__name__) for s in self.steps]
+        out: dict[str, Any] = {}
+        for i, (step, name) in enumerate(zip(self.steps, names, strict=True)):
+            stats = getattr(step, "stats", None)
+            prefix = name if names.count(name) == 1 else f"{name}[{i}]"
+            for key, value in (stats() if callable(stats) else {}).items():
+                out[f"{prefix}.{key}"] = value
+        return out
+
+    def __repr__(self) -> str:
+        return f"PreprocessPipeline({self.steps!r})"
+
+
+def build_preprocess(steps: Sequence[Any] | None) -> PreprocessPipeline:
+    """A ``PreprocessPipeline`` of the ``_target_`` nodes of ``preprocess.steps`` (None or [] → no step).
+
+    A setting a step refuses (θ outside its range, an unknown colour space) is reported with the
+    step's index and target.
+    """
+    built = []
+    for i, spec in enumerate(steps or []):
+        node = (
+            OmegaConf.to_container(spec, resolve=True) if isinstance(spec, (DictConfig, ListConfig)) else spec
+        )
+        if not isinstance(node, dict) or "_target_" not in node:
+            raise PreprocessConfigError(
+                f"preprocess.steps[{i}]: expected a node with a _target_, got {node!r}"
+            )
+        try:
+            built.append(instantiate(node))
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+            raise PreprocessConfigError(f"preprocess.steps[{i}] ({node['_target_']}): {cause}") from exc
+    return PreprocessPipeline(built)

@@ -1,0 +1,109 @@
+"""``leuk.predict`` on files and folders, unreadable files, and the run's preprocessing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from leuk.inference import _preprocess_for
+from leuk.models.module import Classifier
+from leuk.predict import predict
+from leuk.train import build_datamodule
+from tests.helpers import TINY, compose_config
+from tests.tiny_run import tiny_run
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_run(tmp_path_factory.mktemp("runs"))
+
+
+def checkpoint(run: Path) -> str:
+    return json.loads((run / "metrics.json").read_text())["best_checkpoint"]
+
+
+def test_predict_folder_lists_the_corrupt_file(run_dir: Path, tmp_path: Path) -> None:
+    """A folder of the run's test images (one nested), a corrupt image and a text file: the corrupt
+    file is listed, the text file ignored, and each image gets the probabilities that Lightning's
+    test loop gives it (decoding, resizing and normalization as in training)."""
+    split = pd.read_csv(run_dir / "split.csv")
+    test_paths = split.loc[split["split"] == "test", "path"].tolist()
+    folder = tmp_path / "in"
+    (folder / "nested").mkdir(parents=True)
+    copies = {}
+    for i, src in enumerate(test_paths):
+        dest = folder / ("nested" if i == 0 else "") / f"cell_{i}{Path(src).suffix}"
+        shutil.copy(src, dest)
+        copies[str(dest.resolve())] = i
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("not an image")
+
+    out = tmp_path / "out"
+    summary = predict(compose_config([f"ckpt_path={checkpoint(run_dir)}", f"input={folder}"], out, "predict"))
+    assert [u["path"] for u in summary["unreadable"]] == [str((folder / "corrupt.png").resolve())]
+    assert summary["n_predicted"] == len(test_paths)
+    frame = pd.read_csv(out / "predictions.csv")
+    assert len(frame) == len(test_paths)
+    assert pd.read_csv(out / "unreadable.csv")["path"].tolist() == [str((folder / "corrupt.png").resolve())]
+
+    # The same checkpoint through the Lightning test loop on the run's own test split.
+    cfg = compose_config([*TINY, "logger=none"], output_dir=tmp_path / "check")
+    datamodule = build_datamodule(cfg)
+    module = Classifier.from_checkpoint(checkpoint(run_dir))
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).test(
+        module, datamodule=datamodule, verbose=False
+    )
+    outputs = module.test_outputs
+    names = module.hparams.class_names
+    probs = frame[[f"prob_{n}" for n in names]].to_numpy()
+    order = [copies[p] for p in frame["path"]]
+    np.testing.assert_allclose(probs, outputs["probs"][np.argsort(outputs["indices"])][order], atol=1e-5)
+    assert frame["predicted_class"].tolist() == [names[k] for k in probs.argmax(axis=1)]
+    assert (frame["uncertain"] == (frame["confidence"] < 0.7)).all()
+
+
+def test_predict_single_file_with_zero_threshold(run_dir: Path, tmp_path: Path) -> None:
+    image = pd.read_csv(run_dir / "split.csv")["path"][0]
+    overrides = [f"ckpt_path={checkpoint(run_dir)}", f"input={image}", "abstain_threshold=0"]
+    summary = predict(compose_config(overrides, tmp_path, "predict"))
+    frame = pd.read_csv(tmp_path / "predictions.csv")
+    assert summary["n_predicted"] == 1 and summary["n_uncertain"] == 0 and not summary["unreadable"]
+    assert frame["path"].tolist() == [str(Path(image).resolve())]
+    assert frame.filter(like="prob_").sum(axis=1).iloc[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_applies_the_runs_preprocessing(run_dir: Path, tmp_path: Path) -> None:
+    """A run folder whose .hydra/config.yaml names a preprocess step: prediction goes through it."""
+    assert _preprocess_for(None) is None
+    assert _preprocess_for(OmegaConf.create({"preprocess": {"steps": []}})) is None
+    steps = [{"_target_": "leuk.preprocess.clahe.Clahe", "clip_limit": 4.0}]
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create({"preprocess": {"steps": steps}}), run / ".hydra" / "config.yaml")
+    shutil.copy(checkpoint(run_dir), run / "checkpoints" / "best.ckpt")
+    assert len(_preprocess_for(OmegaConf.load(run / ".hydra" / "config.yaml"))) == 1
+    # Without a Hydra config the checkpoint's saved steps stand in; the config wins where both are.
+    assert len(_preprocess_for(None, steps)) == 1
+    assert _preprocess_for(OmegaConf.create({"preprocess": {"steps": []}}), steps) is None
+
+    image = pd.read_csv(run_dir / "split.csv")["path"][0]
+    with_step = predict(
+        compose_config(
+            [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"input={image}"], tmp_path / "a", "predict"
+        )
+    )
+    without = predict(
+        compose_config([f"ckpt_path={checkpoint(run_dir)}", f"input={image}"], tmp_path / "b", "predict")
+    )
+    assert "clahe" in with_step["preprocess"] and without["preprocess"] == "none"
+    a = pd.read_csv(tmp_path / "a" / "predictions.csv").filter(like="prob_").to_numpy()
+    b = pd.read_csv(tmp_path / "b" / "predictions.csv").filter(like="prob_").to_numpy()
+    assert not np.allclose(a, b, atol=1e-7)
