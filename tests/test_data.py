@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from leuk.data.grouping import group_images
 from leuk.data.sources import DataError, FolderSource, scan_class_folders
 from leuk.data.splits import RatioSplit
 from leuk.data.synthetic import SyntheticSource
+from tests.helpers import TINY
 
 ALL_CLASSES = {"Benign": "Benign", "Early": "Early Pre-B", "Pre": "Pre-B", "Pro": "Pro-B"}
 
@@ -223,3 +225,16 @@ def test_all_ratio_split_is_leakage_safe_and_stratified(all_dataset) -> None:
         for part, target in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
             share = (assign[in_class] == part).mean()
             assert abs(share - target) <= 0.01, (c, part, share)
+
+
+def test_cache_timing_runs_each_setting(tmp_path: Path) -> None:
+    from leuk.data.timing import main as timing_main
+
+    out = tmp_path / "timing.json"
+    assert timing_main([*TINY, f"paths.cache_dir={tmp_path}", "--epochs", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    settings = result["settings"]
+    assert len(settings) == 3
+    counts = {r["train_images"] for r in settings.values()}
+    assert len(counts) == 1 and counts.pop() > 0
+    assert all(len(r["epoch_s"]) == 2 and r["setup_s"] > 0 for r in settings.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -90,8 +91,12 @@ def test_quickstart_learns(tmp_path: Path) -> None:
     )
     metrics = train(cfg)
     assert metrics["n_test"] == 24
-    # Measured 0.708 on this configuration (seed 42, 2-core CPU); chance is 0.25.
-    assert metrics["test/accuracy"] >= 0.6, metrics
+    # Six epochs leave accuracy on 24 test images noisy: seeds 42, 0, 1, 2, 3 gave 0.708, 0.500,
+    # 0.500, 0.500, 0.458 (2-core CPU), and the thread count changes it too. AUROC and loss are
+    # stable: 0.79-0.85 and 0.90-1.16 over those seeds, against 0.5 and ln(4) = 1.386 at chance.
+    assert metrics["test/auroc"] >= 0.7, metrics
+    assert metrics["test/loss"] < math.log(4) - 0.08, metrics
+    assert metrics["test/accuracy"] >= 0.375, metrics  # 1.5x chance (0.25)
     assert metrics["train_images_per_s"] > 0
     assert Path(metrics["best_checkpoint"]).is_file()
 
