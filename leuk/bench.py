@@ -10,10 +10,10 @@ step; (5) inference latency at batch size 1 (median, p90) and throughput at the 
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
@@ -60,6 +60,16 @@ class StepTimer(L.Callback):
         if self.start is not None:
             self.images += len(batch[1])
             self.end = time.perf_counter()
+
+
+def _epochs(loader: Any) -> Iterator[Any]:
+    """The loader's batches, epoch after epoch, as Lightning's loop draws them.
+
+    Not ``itertools.cycle``: it replays the first epoch's batches from memory, so a run longer
+    than an epoch would skip decoding and augmentation and flatter the plain loop and the data time.
+    """
+    while True:
+        yield from loader
 
 
 def _sync(device: torch.device) -> None:
@@ -116,7 +126,7 @@ def plain_throughput(
     criterion = module.criterion.to(device)
     mean, std = module.mean.to(device), module.std.to(device)
     optimizer = instantiate(cfg.optimizer)(params=[p for p in net.parameters() if p.requires_grad])
-    batches = itertools.cycle(loader) if b.warmup + b.steps > len(loader) else iter(loader)
+    batches = _epochs(loader)
     images = 0
     start = 0.0
     for step in range(b.warmup + b.steps):
@@ -145,7 +155,7 @@ def plain_throughput(
 
 
 def data_seconds_per_batch(loader: Any, steps: int) -> float:
-    batches = itertools.cycle(loader) if steps + 1 > len(loader) else iter(loader)
+    batches = _epochs(loader)
     next(batches)  # workers started
     start = time.perf_counter()
     for _ in range(steps):
@@ -209,6 +219,11 @@ def inference(cfg: DictConfig, net: torch.nn.Module, device: torch.device, size:
 @task_wrapper
 def bench(cfg: DictConfig) -> dict[str, Any]:
     validate_train_config(cfg, extra_top_level={"bench": dict})
+    # The benchmark trains without validation, so a scheduler watching a val/ metric (a plateau
+    # scheduler) would stop Lightning at the first epoch end; it watches the training loss instead.
+    if str(cfg.scheduler.get("monitor", "")).startswith("val/"):
+        with open_dict(cfg):
+            cfg.scheduler.monitor = "train/loss"
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -253,6 +268,9 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         "channels_last": bool(cfg.model.get("channels_last", False)),
         "num_workers": datamodule.num_workers,
         "repeats": int(cfg.bench.repeats),
+        # Every repeat, so the spread behind the best-of values is on record.
+        "lightning_images_per_s_runs": lightning_runs,
+        "plain_images_per_s_runs": [ips for ips, _ in plain_runs],
         "lightning_images_per_s": lightning_ips,
         "plain_images_per_s": plain_ips,
         "ratio": lightning_ips / plain_ips,
@@ -270,9 +288,17 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in result.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(key, _fmt(value))
     Console().print(table)
     return result
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="bench")

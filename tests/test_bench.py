@@ -34,3 +34,17 @@ def test_bench_writes_all_fields(tmp_path: Path) -> None:
         assert saved[key] > 0, key
     assert saved["latency_ms_p90"] >= saved["latency_ms_median"]
     assert saved["batch_size"] == 8 and saved["image_size"] == 32
+    assert saved["lightning_images_per_s"] == max(saved["lightning_images_per_s_runs"])
+
+
+def test_bench_runs_past_an_epoch_with_a_plateau_scheduler(tmp_path: Path) -> None:
+    """The benchmark skips validation, so a scheduler watching val/loss must not stop it at the
+    first epoch end (MobileNet_M's experiment uses one); 9 steps cross the 5-batch epoch."""
+    short = ["bench.steps=8", "bench.warmup=1", "bench.latency_iters=2", "bench.repeats=1"]
+    cfg = compose_config(
+        [*TINY, "scheduler=plateau", *short],
+        output_dir=tmp_path,
+        config_name="bench",
+    )
+    result = bench(cfg)
+    assert result["lightning_images_per_s"] > 0 and result["plain_images_per_s"] > 0
