@@ -31,7 +31,7 @@ import leuk  # noqa: F401  (config resolvers)
 from leuk.config import config_dir
 from leuk.config.schema import validate_train_config
 from leuk.models.module import Classifier
-from leuk.train import build_datamodule
+from leuk.train import build_classifier, build_datamodule
 from leuk.utils.report import write_json
 from leuk.utils.task import task_wrapper
 
@@ -230,15 +230,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     datamodule.batch_size = int(cfg.bench.batch_size)
     datamodule.setup()
-    module = Classifier(
-        model=cfg.model,
-        loss=cfg.loss,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.scheduler,
-        num_classes=datamodule.num_classes,
-        class_names=datamodule.class_names,
-        image_size=datamodule.image_size,
-    )
+    module = build_classifier(cfg, datamodule)
     # The Trainer switches deterministic algorithms on when asked; the plain loop runs under the same mode.
     torch.use_deterministic_algorithms(bool(cfg.trainer.get("deterministic", False)))
     # Both paths start from the same weights.

@@ -70,6 +70,22 @@ def build_datamodule(cfg: DictConfig) -> Any:
     return datamodule
 
 
+def build_classifier(cfg: DictConfig, datamodule: Any) -> Classifier:
+    """The LightningModule for ``cfg``, sized by the set-up ``datamodule`` (classes, input size,
+    class weights when ``data.balance=class_weights``)."""
+    return Classifier(
+        model=cfg.model,
+        loss=cfg.loss,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.scheduler,
+        num_classes=datamodule.num_classes,
+        class_names=datamodule.class_names,
+        image_size=datamodule.image_size,
+        class_weights=datamodule.class_weights,
+        preprocess_steps=cfg.preprocess.get("steps"),
+    )
+
+
 def _without_validation(cfg: DictConfig) -> None:
     """A protocol with no validation part (data.split.val=0) keeps the last epoch's weights."""
     log.warning(
@@ -151,17 +167,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    module = Classifier(
-        model=cfg.model,
-        loss=cfg.loss,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.scheduler,
-        num_classes=datamodule.num_classes,
-        class_names=datamodule.class_names,
-        image_size=datamodule.image_size,
-        class_weights=datamodule.class_weights,
-        preprocess_steps=cfg.preprocess.get("steps"),
-    )
+    module = build_classifier(cfg, datamodule)
     if cfg.get("ckpt_path"):
         check_checkpoint(cfg.ckpt_path, cfg.model.name)
 

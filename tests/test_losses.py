@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from leuk.losses import CEThenFocalLoss, FocalLoss
-from leuk.models.module import Classifier
-from leuk.train import build_datamodule
-from tests.helpers import TINY, compose_config
+from leuk.train import build_classifier, build_datamodule
+from tests.helpers import TINY, compose_config, fit_two_short_epochs
 
 
 def test_focal_loss_hand_computed() -> None:
@@ -104,26 +103,7 @@ def test_training_tells_the_loss_its_epoch(tmp_path: Path) -> None:
     )
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    module = Classifier(
-        model=cfg.model,
-        loss=cfg.loss,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.scheduler,
-        num_classes=datamodule.num_classes,
-        class_names=datamodule.class_names,
-        image_size=datamodule.image_size,
-    )
+    module = build_classifier(cfg, datamodule)
     probe = _LossPhase()
-    trainer = L.Trainer(
-        max_epochs=2,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[probe],
-    )
-    trainer.fit(module, datamodule=datamodule)
+    fit_two_short_epochs(module, datamodule, probe)
     assert probe.focal_by_epoch == {0: False, 1: True}

@@ -18,8 +18,8 @@ from leuk.models.attention import CBAM
 from leuk.models.module import Classifier
 from leuk.models.morphology import MorphologicalContextBlock, dilate, erode
 from leuk.models.registry import PretrainedWeightsError, UnknownModelError
-from leuk.train import build_datamodule
-from tests.helpers import TINY, compose_config
+from leuk.train import build_classifier, build_datamodule
+from tests.helpers import TINY, compose_config, fit_two_short_epochs
 
 
 @pytest.mark.parametrize(("size", "grid"), [(168, 6), (224, 7), (256, 8)])
@@ -422,20 +422,9 @@ def test_mseenet_two_phase_training_run(tmp_path: Path) -> None:
     )
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    module = _classifier(cfg, datamodule.num_classes, datamodule.image_size)
+    module = build_classifier(cfg, datamodule)
     probe = _PhaseProbe()
-    trainer = L.Trainer(
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[probe],
-    )
-    trainer.fit(module, datamodule=datamodule)
+    fit_two_short_epochs(module, datamodule, probe)
     assert [(e, no_grad, frozen, bn_eval) for e, no_grad, frozen, bn_eval in probe.frozen_batches] == [
         (0, True, True, True),
         (0, True, True, True),
