@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from leuk.data.dataset import UnpaddedDistributedSampler
 from leuk.data.synthetic import SyntheticSource
 from leuk.train import train
 from tests.helpers import PYTHON, TINY_LOADER, compose_config, subprocess_env
@@ -56,3 +57,13 @@ def test_ddp_cpu_end_to_end_matches_single_process(tmp_path: Path) -> None:
         if key.startswith("test/") and key != "test/confusion_matrix":
             assert single[key] == pytest.approx(value, abs=1e-6), key
     assert single["test/confusion_matrix"] == metrics["test/confusion_matrix"]
+
+
+def test_unpadded_sampler_shards_each_image_once_and_refuses_empty_ranks() -> None:
+    data = list(range(5))
+    shards = [list(UnpaddedDistributedSampler(data, num_replicas=2, rank=r)) for r in range(2)]
+    assert shards == [[0, 2, 4], [1, 3]]
+    assert [len(UnpaddedDistributedSampler(data, num_replicas=2, rank=r)) for r in range(2)] == [3, 2]
+    # One image on two ranks would leave rank 1 out of the metric sync that rank 0 waits in.
+    with pytest.raises(ValueError, match=r"1 image\(s\) cannot be shared among 2 processes"):
+        UnpaddedDistributedSampler([0], num_replicas=2, rank=0)

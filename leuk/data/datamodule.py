@@ -366,7 +366,10 @@ class LeukDataModule(L.LightningDataModule):
             # Lightning's default DistributedSampler pads the last shard by repeating images, so a
             # test image could be counted twice; this sampler gives each rank a disjoint share, every
             # image exactly once (Lightning keeps a sampler that is already distributed).
-            sampler = UnpaddedDistributedSampler(ds)
+            try:
+                sampler = UnpaddedDistributedSampler(ds)
+            except ValueError as err:
+                raise DataError(f"the {split} split: {err} (data.split: {self.split.describe()})") from err
         if split == "train" and self.balance == "weighted_sampler":
             train_labels = self.labels[self.train_indices]
             weights = 1.0 / np.bincount(train_labels)[train_labels]

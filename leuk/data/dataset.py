@@ -67,6 +67,12 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __init__(self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        if len(dataset) < self.num_replicas:
+            # A rank with nothing to evaluate would skip the metric sync the others wait in: a hang.
+            raise ValueError(
+                f"{len(dataset)} image(s) cannot be shared among {self.num_replicas} processes without "
+                "leaving one with none; use fewer devices or a larger split"
+            )
         self.num_samples = len(range(self.rank, len(dataset), self.num_replicas))
         self.total_size = len(dataset)
 
