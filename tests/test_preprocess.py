@@ -193,8 +193,10 @@ def test_pipeline_cache_key_follows_config_and_stats_are_named(set_a) -> None:
     assert set(pipeline.stats()) == {
         "lesion_crop[0].images",
         "lesion_crop[0].no_lesion",
+        "lesion_crop[0].at_border",
         "lesion_crop[1].images",
         "lesion_crop[1].no_lesion",
+        "lesion_crop[1].at_border",
     }
 
 
@@ -260,13 +262,30 @@ def test_lesion_crop_boxes_the_stained_cell_not_the_red_cells() -> None:
     assert wider[0] < top and wider[2] > bottom
 
 
+def test_interior_first_skips_a_larger_lesion_cut_by_the_border() -> None:
+    yy, xx = np.mgrid[0:160, 0:200]
+    image = np.full((160, 200, 3), (238, 232, 236), np.uint8)
+    image[np.hypot(yy - 80, xx - 0) < 40] = (120, 80, 190)  # a large violet blob cut by the left edge
+    image[np.hypot(yy - 80, xx - 130) < 20] = (120, 80, 190)  # a whole, smaller cell
+    paper = LesionCrop(margin=0.0)
+    assert paper.find(image)[1] == 0  # the largest lesion, at the border
+    assert paper.stats()["at_border"] == 1
+    inside = LesionCrop(margin=0.0, interior_first=True)
+    top, left, bottom, right = inside.find(image)
+    assert abs(left - 110) <= 3 and abs(right - 150) <= 3 and abs(top - 60) <= 3 and abs(bottom - 100) <= 3
+    assert inside.stats()["at_border"] == 0
+    # With only a border lesion, interior_first still crops it rather than giving up.
+    image[np.hypot(yy - 80, xx - 130) < 20] = (238, 232, 236)
+    assert inside.find(image)[1] == 0
+
+
 def test_no_lesion_uses_the_whole_image_and_is_counted() -> None:
     blank = np.full((60, 80, 3), 235, np.uint8)
     blank[10:20, 10:20] = (200, 120, 130)  # a red cell: purple index below θ
     step = LesionCrop(size=40)
     out = step(blank)
     assert out.shape == (40, 40, 3)
-    assert step.stats() == {"images": 1, "no_lesion": 1}
+    assert step.stats() == {"images": 1, "no_lesion": 1, "at_border": 0}
     np.testing.assert_array_equal(out, cv2.resize(blank, (40, 40), interpolation=cv2.INTER_LINEAR))
 
 

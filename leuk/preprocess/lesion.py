@@ -56,9 +56,21 @@ def lesion_mask(image: np.ndarray, s: LesionSettings) -> np.ndarray:
     return mask
 
 
-def largest_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(top, left, bottom, right), exclusive ends, of the largest 8-connected region, or None."""
+def touches_border(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> bool:
+    top, left, bottom, right = box
+    return top == 0 or left == 0 or bottom == shape[0] or right == shape[1]
+
+
+def largest_box(mask: np.ndarray, interior_first: bool = False) -> tuple[int, int, int, int] | None:
+    """(top, left, bottom, right), exclusive ends, of the largest 8-connected region, or None.
+
+    ``interior_first``: the largest region that does not touch the image border, where there is
+    one. A cell cut by the border (or a smear smudge along it) can outsize every whole cell.
+    """
     regions = regionprops(label(mask, connectivity=2))
+    if interior_first:
+        inside = [r for r in regions if not touches_border(r.bbox, mask.shape)]
+        regions = inside or regions
     if not regions:
         return None
     biggest = max(regions, key=lambda r: r.area)
@@ -109,6 +121,7 @@ class LesionCrop(Step):
         morph_iterations: int = 2,
         min_area: int = 80,
         smooth_sigma: float = 1.0,
+        interior_first: bool = False,
     ) -> None:
         lo, hi = THRESHOLD_RANGE
         if threshold != "otsu" and (isinstance(threshold, (bool, str)) or not lo <= float(threshold) <= hi):
@@ -134,6 +147,7 @@ class LesionCrop(Step):
             morph_iterations=int(morph_iterations),
             min_area=int(min_area),
             smooth_sigma=float(smooth_sigma),
+            interior_first=bool(interior_first),
         )
         self.settings = LesionSettings(
             threshold=self.params["threshold"],
@@ -142,13 +156,15 @@ class LesionCrop(Step):
             min_area=self.params["min_area"],
             smooth_sigma=self.params["smooth_sigma"],
         )
-        self._events = EventCounter("images", "no_lesion")
+        self._events = EventCounter("images", "no_lesion", "at_border")
 
     def find(self, image: np.ndarray) -> tuple[int, int, int, int] | None:
         """The crop box (top, left, bottom, right) for ``image``, or None where no lesion is found."""
-        box = largest_box(lesion_mask(image, self.settings))
+        box = largest_box(lesion_mask(image, self.settings), self.params["interior_first"])
         if box is None:
             return None
+        if touches_border(box, image.shape):
+            self._events.add("at_border")
         return expand_box(box, self.params["margin"], image.shape, self.params["square"])
 
     def apply(self, image: np.ndarray) -> np.ndarray:
