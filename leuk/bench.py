@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -31,7 +31,7 @@ import leuk  # noqa: F401  (config resolvers)
 from leuk.config import config_dir
 from leuk.config.schema import validate_train_config
 from leuk.models.module import Classifier
-from leuk.train import build_classifier, build_datamodule
+from leuk.train import build_classifier, build_datamodule, schedule_on_training_loss
 from leuk.utils.report import write_json
 from leuk.utils.task import task_wrapper
 
@@ -219,11 +219,7 @@ def inference(cfg: DictConfig, net: torch.nn.Module, device: torch.device, size:
 @task_wrapper
 def bench(cfg: DictConfig) -> dict[str, Any]:
     validate_train_config(cfg, extra_top_level={"bench": dict})
-    # The benchmark trains without validation, so a scheduler watching a val/ metric (a plateau
-    # scheduler) would stop Lightning at the first epoch end; it watches the training loss instead.
-    if str(cfg.scheduler.get("monitor", "")).startswith("val/"):
-        with open_dict(cfg):
-            cfg.scheduler.monitor = "train/loss"
+    schedule_on_training_loss(cfg)  # the benchmark trains without validation
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)

@@ -99,7 +99,14 @@ def _without_validation(cfg: DictConfig) -> None:
             callbacks.model_checkpoint.save_top_k = 1
         if callbacks.get("early_stopping"):
             callbacks.early_stopping = None
-        if cfg.scheduler.get("monitor", "").startswith("val/"):
+    schedule_on_training_loss(cfg)
+
+
+def schedule_on_training_loss(cfg: DictConfig) -> None:
+    """Where nothing is validated, a scheduler watching a ``val/`` metric (a plateau scheduler)
+    watches the training loss instead; Lightning would stop at the first epoch end otherwise."""
+    if str(cfg.scheduler.get("monitor", "")).startswith("val/"):
+        with open_dict(cfg):
             cfg.scheduler.monitor = "train/loss"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from leuk.bench import bench
+from leuk.bench import _epochs, bench
 from tests.helpers import TINY, compose_config
 
 FIELDS = {
@@ -48,3 +48,21 @@ def test_bench_runs_past_an_epoch_with_a_plateau_scheduler(tmp_path: Path) -> No
     )
     result = bench(cfg)
     assert result["lightning_images_per_s"] > 0 and result["plain_images_per_s"] > 0
+
+
+def test_bench_batches_are_drawn_anew_each_epoch() -> None:
+    """Past one epoch the loader is iterated again (decoding, augmenting), not replayed from memory
+    as ``itertools.cycle`` would: a replay flatters the plain loop and the data time."""
+
+    class Loader:
+        def __init__(self) -> None:
+            self.epochs = 0
+
+        def __iter__(self):
+            self.epochs += 1
+            return iter([self.epochs] * 3)
+
+    loader = Loader()
+    batches = _epochs(loader)
+    drawn = [next(batches) for _ in range(7)]
+    assert drawn == [1, 1, 1, 2, 2, 2, 3] and loader.epochs == 3

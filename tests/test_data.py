@@ -238,3 +238,5 @@ def test_cache_timing_runs_each_setting(tmp_path: Path) -> None:
     counts = {r["train_images"] for r in settings.values()}
     assert len(counts) == 1 and counts.pop() > 0
     assert all(len(r["epoch_s"]) == 2 and r["setup_s"] > 0 for r in settings.values())
+    # Only the third setting reads what the second wrote.
+    assert [r["cache_hit"] for r in settings.values()] == [False, False, True]

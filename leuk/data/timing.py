@@ -61,6 +61,7 @@ def time_setting(cfg: DictConfig, epochs: int) -> dict[str, Any]:
         "steady_epoch_s": round(statistics.median(steady), 3),
         "train_images": images,
         "batches": len(loader),
+        "cache_hit": bool(datamodule.decoded.from_cache),
     }
 
 
