@@ -1,4 +1,8 @@
-"""Grad-CAM heat maps (the ``grad-cam`` package, extra ``explain``) on the network's last convolution."""
+"""Grad-CAM heat maps (the ``grad-cam`` package, extra ``explain``).
+
+The target layer is the one the network names with ``gradcam_layer()`` (the module whose output
+covers its whole representation, e.g. a fused multi-branch map), else its last convolution.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +53,21 @@ def last_conv_layer(net: nn.Module, image_size: int) -> tuple[str, nn.Conv2d]:
     return names[layer], layer  # type: ignore[return-value]
 
 
+def gradcam_target(net: nn.Module, image_size: int) -> tuple[str, nn.Module]:
+    """Grad-CAM's target layer and its qualified name: ``net.gradcam_layer()`` where the network
+    defines it, else :func:`last_conv_layer`."""
+    hook = getattr(net, "gradcam_layer", None)
+    if not callable(hook):
+        return last_conv_layer(net, image_size)
+    layer = hook()
+    name = next((n for n, m in net.named_modules() if m is layer), None)
+    if name is None:
+        raise ValueError(
+            f"{type(net).__name__}.gradcam_layer() returned a module that is not part of the network"
+        )
+    return name, layer
+
+
 def grad_cam(module: Classifier, images: np.ndarray, targets: Sequence[int], layer: nn.Module) -> np.ndarray:
     """One heat map (H×W in [0, 1]) per HWC uint8 image, for the class given in ``targets``."""
     from pytorch_grad_cam import GradCAM
@@ -78,7 +97,7 @@ def gradcam_grid(
     overlaid on the images, in one grid (a row per class)."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    layer_name, layer = last_conv_layer(module.net, images.shape[1])
+    layer_name, layer = gradcam_target(module.net, images.shape[1])
     # A row per class: a class with fewer images leaves its row's remaining cells blank.
     slots = [
         [int(i) for i in np.flatnonzero(targets == k)[:per_class]] + [-1] * per_class

@@ -1,4 +1,4 @@
-"""Losses beyond ``torch.nn``: focal loss, and cross-entropy that hands over to focal loss.
+"""Losses beyond ``torch.nn``: focal loss, and cross-entropy + focal loss that hands over to focal loss.
 
 Both take logits and integer class targets, as ``nn.CrossEntropyLoss`` does, so a loss config
 swaps one for another without touching the model.
@@ -67,10 +67,13 @@ class FocalLoss(nn.Module):
 
 
 class CEThenFocalLoss(nn.Module):
-    """Cross-entropy for the first ``ce_epochs`` epochs, focal loss after.
+    """Cross-entropy combined with focal loss for the first ``ce_epochs`` epochs, focal loss after.
 
-    The training loop tells it the epoch through ``set_epoch`` (the LightningModule does so at the
-    start of every epoch); until then it is at epoch 0.
+    ALDL (§4.2.10) adds cross-entropy to the focal loss in the early epochs to stabilise
+    convergence, then fine-tunes on focal loss alone: ``ce_weight`` × CE + FL, then FL.
+    ``focal_with_ce: false`` gives cross-entropy alone in the early epochs (a switch). The training
+    loop tells it the epoch through ``set_epoch`` (the LightningModule does so at the start of
+    every epoch); until then it is at epoch 0.
     """
 
     def __init__(
@@ -79,11 +82,17 @@ class CEThenFocalLoss(nn.Module):
         gamma: float = 2.0,
         alpha: float | Sequence[float] | None = 0.25,
         reduction: Literal["mean", "sum"] = "mean",
+        ce_weight: float = 1.0,
+        focal_with_ce: bool = True,
     ) -> None:
         super().__init__()
         if ce_epochs < 0:
             raise ValueError(f"ce_then_focal: ce_epochs must be >= 0, got {ce_epochs}")
+        if ce_weight < 0:
+            raise ValueError(f"ce_then_focal: ce_weight must be >= 0, got {ce_weight}")
         self.ce_epochs = ce_epochs
+        self.ce_weight = float(ce_weight)
+        self.focal_with_ce = bool(focal_with_ce)
         self.focal = FocalLoss(gamma=gamma, alpha=alpha, reduction=reduction)
         self.reduction = reduction
         self.epoch = 0
@@ -93,9 +102,16 @@ class CEThenFocalLoss(nn.Module):
 
     @property
     def uses_focal(self) -> bool:
+        """Focal loss alone (the epochs after ``ce_epochs``)."""
         return self.epoch >= self.ce_epochs
+
+    @property
+    def uses_focal_with_ce(self) -> bool:
+        """Cross-entropy plus focal loss (the early epochs, unless ``focal_with_ce`` is off)."""
+        return not self.uses_focal and self.focal_with_ce
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.uses_focal:
             return self.focal(logits, target)
-        return F.cross_entropy(logits.float(), target, reduction=self.reduction)
+        ce = self.ce_weight * F.cross_entropy(logits.float(), target, reduction=self.reduction)
+        return ce + self.focal(logits, target) if self.focal_with_ce else ce

@@ -2,8 +2,12 @@
 
 Every ``metrics.json`` below the folders given is one completed run, every ``failed.json`` (written
 by ``leuk.utils.task.task_wrapper``) one failed run. Runs that differ only in their seed or fold
-form one row, with the mean ± sample standard deviation of each test metric, the number of runs and
-of failed runs; the papers' values (``leuk/reference/paper_results.csv``) stand beside them.
+form one row, with the mean ± sample standard deviation of each test metric and, beside it, of the
+same metric on the validation split, the number of runs and of failed runs. Among rows of one model
+and protocol that differ in a setting (a sweep's grid), the one with the best validation value of
+``--select`` (``val/mcc`` unless told; a ``*loss`` key is minimized) is marked: the test split plays
+no part in that choice. The papers' values (``leuk/reference/paper_results.csv``) stand beside
+leuk's value in the same variant (weighted, hard-label AUC, ...), on test and validation.
 Writes ``report.md`` and ``report.csv`` into the first folder (or ``--out``) and prints the table.
 """
 
@@ -41,6 +45,9 @@ SHOWN_KEYS = frozenset(
     {"experiment", "model", "model.name", "data", "data/split", "data.image_size", "sweep"}
 )
 _FOLD = re.compile(r",? fold \d+")
+# The validation key the best setting is chosen on, unless --select says another.
+DEFAULT_SELECT = "val/mcc"
+BEST_MARK = "◀ best"
 
 
 @dataclass
@@ -206,6 +213,13 @@ class Row:
     runs: list[Run]
     failed: list[Run]
     references: list[Reference] = field(default_factory=list)
+    # Whether validation (``select``) picks this row among the settings of its model and protocol
+    # (``BEST_MARK``, with "(tie)" when other rows share the best value), else "".
+    best_mark: str = ""
+
+    @property
+    def best_by_val(self) -> bool:
+        return bool(self.best_mark)
 
     @property
     def experiment(self) -> str:
@@ -235,6 +249,10 @@ class Row:
             return _stat(self.runs, f"test/{metric}")
         return _stat(self.runs, metric)
 
+    def val(self, metric: str) -> Stat:
+        """``metric`` on the validation split (``val/<metric>``) of the row's selected checkpoints."""
+        return _stat(self.runs, f"val/{metric}")
+
     @property
     def seeds(self) -> list[Any]:
         return sorted({r.lookup("seed") for r in self.runs if r.lookup("seed") is not None}, key=str)
@@ -258,9 +276,40 @@ def build_rows(runs: Sequence[Run], references: Sequence[Reference] = ()) -> lis
         (row.failed if run.failed else row.runs).append(run)
     rows = sorted(groups.values(), key=lambda r: (r.key[:4], r.key[4], r.key[5]))
     for row in rows:
-        sample = (row.runs or row.failed)[0]
-        row.references = [ref for ref in references if ref.applies(row.model, row.data, sample.lookup)]
+        # Every run must match (a value of fold 0 is not the counterpart of a mean over folds).
+        members = row.runs or row.failed
+        row.references = [
+            ref for ref in references if all(ref.applies(row.model, row.data, r.lookup) for r in members)
+        ]
     return rows
+
+
+def check_select(select: str) -> str:
+    if not select.startswith("val/"):
+        raise ValueError(
+            f"--select {select}: choose on a validation key (val/mcc, val/loss, ...); choosing on test/* "
+            "would select on the test split"
+        )
+    return select
+
+
+def mark_best_by_validation(rows: Sequence[Row], select: str = DEFAULT_SELECT) -> None:
+    """Mark, among rows of one experiment, data, split and model, the one validation prefers."""
+    check_select(select)
+    lower_is_better = select.rsplit("/", 1)[-1].endswith("loss")
+    groups: dict[tuple, list[Row]] = {}
+    for row in rows:
+        row.best_mark = ""
+        groups.setdefault(row.key[:4], []).append(row)
+    for members in groups.values():
+        scored = [(row.val(select.removeprefix("val/")).mean, row) for row in members]
+        scored = [(v, row) for v, row in scored if not math.isnan(v)]
+        if len(members) < 2 or not scored:
+            continue
+        best = (min if lower_is_better else max)(v for v, _ in scored)
+        winners = [row for v, row in scored if math.isclose(v, best, rel_tol=1e-9, abs_tol=1e-12)]
+        for row in winners:
+            row.best_mark = BEST_MARK if len(winners) == 1 else f"{BEST_MARK} (tie)"
 
 
 def common_overrides(rows: Sequence[Row]) -> frozenset[str]:
@@ -286,14 +335,18 @@ def _md_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def results_table(rows: Sequence[Row], common: frozenset[str]) -> str:
+def results_table(rows: Sequence[Row], common: frozenset[str], select: str = DEFAULT_SELECT) -> str:
     header = ["model", "experiment", "data", "split", "size", "setting", "runs", "failed"]
-    header += [*METRICS, "n_test", "time/run (s)"]
+    header += [f"best by {select}"]
+    header += [f"{stage} {m}" for m in METRICS for stage in ("test", "val")]
+    header += ["n_test", "time/run (s)"]
     body = []
     for row in rows:
         cells = [row.model, row.experiment or "-", row.data, row.split, str(row.image_size)]
         cells += [row.setting(common) or "-", str(len(row.runs)), str(len(row.failed))]
-        cells += [row.stat(m).format() for m in METRICS]
+        cells += [row.best_mark]
+        for m in METRICS:
+            cells += [row.stat(m).format(), row.val(m).format()]
         cells += [_number(row.stat("n_test").mean), row.stat("wall_time_s").format(1)]
         body.append(cells)
     return _md_table(header, body)
@@ -321,20 +374,54 @@ def noise_table(rows: Sequence[Row], common: frozenset[str], metric: str) -> str
     return _md_table(header, body)
 
 
-def _ours(row: Row, metric: str) -> str:
-    if metric in METRICS:
-        return row.stat(metric).format()
-    stat = row.stat(metric)
-    return stat.format(2) if stat.n else "n/a (not measured)"
+def _ours(row: Row, ref: Reference) -> tuple[str, str]:
+    """leuk's value in the reference's variant: (test, validation); run-level keys have no validation."""
+    if ref.stage_metric:
+        test, val = _stat(row.runs, f"test/{ref.metric}"), row.val(ref.metric)
+        return (test.format() if test.n else "n/a (not measured)", val.format() if val.n else "n/a")
+    stat = row.stat(ref.metric)
+    digits = 2 if ref.unit in ("s", "ms") else 3
+    return (stat.format(digits) if stat.n else "n/a (not measured)", "-")
+
+
+def _merged(refs: Sequence[Reference]) -> list[tuple[Reference, str]]:
+    """One line per value: a value two tables print alike (ALDL's Table 2 and Table 4 RGB) once,
+    with both sources."""
+    merged: dict[tuple, tuple[Reference, list[str]]] = {}
+    for ref in refs:
+        key = (ref.paper, ref.metric, ref.variant, ref.scaled if ref.known else ref.table)
+        if key in merged:
+            merged[key][1].append(ref.table)
+        else:
+            merged[key] = (ref, [ref.table])
+    out = []
+    for ref, tables in merged.values():
+        where = "; ".join(t for t in tables if t)
+        out.append((ref, f"{ref.paper}, {where}" if where else ref.paper))
+    return out
 
 
 def comparison_table(rows: Sequence[Row], common: frozenset[str] = frozenset()) -> str:
-    header = ["run", "metric", "ours", "paper", "source", "note"]
+    header = [
+        "run",
+        "metric (leuk key)",
+        "variant",
+        "ours: test",
+        "ours: val",
+        "paper",
+        "paper runs",
+        "source",
+    ]
+    header += ["note"]
     body = []
     for row in rows:
-        for ref in row.references:
-            paper = f"{ref.value:g}" if ref.known else "n/a"
-            body.append([row.label(common), ref.metric, _ours(row, ref.metric), paper, ref.source, ref.note])
+        for ref, source in _merged(row.references):
+            paper = f"{ref.scaled:g}" if ref.known else "n/a"
+            test, val = _ours(row, ref)
+            variant = f"{ref.variant} ({ref.basis})"
+            body.append(
+                [row.label(common), ref.metric, variant, test, val, paper, str(ref.n), source, ref.note]
+            )
     return _md_table(header, body) if body else "No reference value applies to these runs."
 
 
@@ -359,7 +446,7 @@ def failed_list(rows: Sequence[Row], base: Path, common: frozenset[str] = frozen
     return "\n".join(lines) if lines else "None."
 
 
-def report_frame(rows: Sequence[Row], common: frozenset[str]) -> pd.DataFrame:
+def report_frame(rows: Sequence[Row], common: frozenset[str], select: str = DEFAULT_SELECT) -> pd.DataFrame:
     compared = sorted({ref.metric for row in rows for ref in row.references})
     records = []
     for row in rows:
@@ -373,17 +460,22 @@ def report_frame(rows: Sequence[Row], common: frozenset[str]) -> pd.DataFrame:
             "runs": len(row.runs),
             "failed": len(row.failed),
             "seeds": " ".join(map(str, row.seeds)),
+            "best_by_val": row.best_by_val,
+            "selected_on": select,
         }
         for metric in (*METRICS, "n_test", "wall_time_s", "train_images_per_s"):
             stat = row.stat(metric)
             rec[f"{metric}_mean"], rec[f"{metric}_std"] = stat.mean, stat.std
+        for metric in METRICS:
+            stat = row.val(metric)
+            rec[f"val_{metric}_mean"], rec[f"val_{metric}_std"] = stat.mean, stat.std
         for sigma in noise_sigmas([row]):
             for metric in NOISE_METRICS:
                 stat = _stat(row.runs, noise_key(sigma, metric))
                 name = f"noise_{sigma:g}_{metric}"
                 rec[f"{name}_mean"], rec[f"{name}_std"] = stat.mean, stat.std
         for metric in compared:
-            known = [ref.value for ref in row.references if ref.metric == metric and ref.known]
+            known = [ref.scaled for ref in row.references if ref.metric == metric and ref.known]
             rec[f"paper_{metric}"] = known[0] if known else math.nan
         rec["paper_source"] = "; ".join(dict.fromkeys(ref.source for ref in row.references))
         records.append(rec)
@@ -391,7 +483,11 @@ def report_frame(rows: Sequence[Row], common: frozenset[str]) -> pd.DataFrame:
 
 
 def render_markdown(
-    rows: Sequence[Row], folders: Sequence[str | Path], base: Path, references: str | Path | None = None
+    rows: Sequence[Row],
+    folders: Sequence[str | Path],
+    base: Path,
+    references: str | Path | None = None,
+    select: str = DEFAULT_SELECT,
 ) -> str:
     common = common_overrides(rows)
     n_ok = sum(len(r.runs) for r in rows)
@@ -404,17 +500,27 @@ def render_markdown(
         "",
         "One row per model × protocol; runs that differ only in seed or fold are one row. Values are "
         "the mean ± sample standard deviation (ddof = 1) over the row's completed runs; a row of one "
-        "run shows its value alone. Test metrics of each run's best checkpoint (`metrics.json`): "
-        "accuracy (micro), precision, recall (sensitivity), specificity and F1 (macro over classes), "
-        "MCC, AUROC (macro one-vs-rest). `n_test`: test images per run (mean); `time/run`: wall time of "
-        "a whole run in seconds (setup, training and test).",
+        "run shows its value alone. Metrics of each run's selected checkpoint (`metrics.json`), on the "
+        "test split (`test`) and beside it on the validation split (`val`; n/a where the protocol has "
+        "none): accuracy (micro), precision, recall (sensitivity), specificity and F1 (macro over "
+        "classes), MCC, AUROC (macro one-vs-rest, from probabilities). `n_test`: test images per run "
+        "(mean); `time/run`: wall time of a whole run in seconds (setup, training and test).",
+        "",
+        f"`best by {select}`: among rows of one model, experiment, data and split, the row whose mean "
+        f"{select} is {'lowest' if select.endswith('loss') else 'highest'} is marked: the setting "
+        "validation selects (choose another key with `--select`). Its test values are the ones to "
+        "report; the best test value among the rows is a choice made on the test split.",
     ]
     if common:
         parts += ["", "Overrides common to every row: " + " ".join(f"`{o}`" for o in sorted(common)) + "."]
-    parts += ["", results_table(rows, common), "", "## Comparison with the papers", ""]
+    parts += ["", results_table(rows, common, select), "", "## Comparison with the papers", ""]
     parts += [
-        f"Values from `{references or 'leuk/reference/paper_results.csv'}`; n/a: not filled in yet (see "
-        "its note).",
+        f"Values from `{references or 'leuk/reference/paper_results.csv'}`, as fractions (seconds for "
+        "times). Each paper value stands beside leuk's value in the paper's variant (the `variant` "
+        "column: how the paper averages over classes or computes its AUC, and whether the paper states "
+        "it or its numbers imply it), on test and on validation, mean ± std over the row's runs; "
+        "`paper runs`: how many runs the paper's value averages. n/a (not measured): leuk writes no "
+        "such key for these runs.",
         "",
         comparison_table(rows, common),
         "",
@@ -440,19 +546,24 @@ def render_markdown(
 
 
 def write_report(
-    folders: Sequence[str | Path], out: str | Path | None = None, references: str | Path | None = None
+    folders: Sequence[str | Path],
+    out: str | Path | None = None,
+    references: str | Path | None = None,
+    select: str = DEFAULT_SELECT,
 ) -> tuple[Path, Path, str]:
     """Collect, aggregate and write; return the two files' paths and the markdown."""
+    check_select(select)
     runs = collect_runs(folders)
     if not runs:
         raise FileNotFoundError(f"no {METRICS_FILE} or {FAILED_FILE} below {', '.join(map(str, folders))}")
     rows = build_rows(runs, load_references(references))
+    mark_best_by_validation(rows, select)
     out_dir = Path(out) if out is not None else Path(folders[0])
     out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(rows, folders, out_dir, references)
+    markdown = render_markdown(rows, folders, out_dir, references, select)
     md_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
     md_path.write_text(markdown)
-    report_frame(rows, common_overrides(rows)).to_csv(csv_path, index=False)
+    report_frame(rows, common_overrides(rows), select).to_csv(csv_path, index=False)
     return md_path, csv_path, markdown
 
 
@@ -467,13 +578,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--references", help="a CSV of paper values in place of the packaged leuk/reference/paper_results.csv"
     )
+    parser.add_argument(
+        "--select",
+        default=DEFAULT_SELECT,
+        help=f"the validation key that marks the best setting (default {DEFAULT_SELECT}; a *loss key is "
+        "minimized, others maximized); never a test key",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        md_path, csv_path, markdown = write_report(args.folders, args.out, args.references)
+        md_path, csv_path, markdown = write_report(args.folders, args.out, args.references, args.select)
     except (FileNotFoundError, ValueError) as err:
         print(f"leuk.report: {err}", file=sys.stderr)
         return 2

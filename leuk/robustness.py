@@ -28,7 +28,9 @@ def noise_rows(
     prefix: str = "test/",
 ) -> list[dict[str, Any]]:
     """One row per σ: the aggregate metrics (no per-class values) on ``images`` with zero-mean
-    noise of σ per pixel and channel, clipped to 0–255."""
+    noise of σ per pixel and channel, clipped to 0–255.
+
+    Everything happens in this process (no DDP collective), so one rank may call it alone."""
     rows = []
     for sigma in sigmas:
         # The same seed for every σ: the rows differ by the noise's strength, not by its draw.

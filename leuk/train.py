@@ -26,8 +26,9 @@ from leuk.config import config_dir
 from leuk.config.schema import validate_train_config
 from leuk.config.validate import check_sigmas
 from leuk.data.transforms import build_augmentation
-from leuk.metrics import DEFINITIONS, is_confusion_key
+from leuk.metrics import DEFINITIONS, compute_metrics, is_confusion_key
 from leuk.models.module import Classifier
+from leuk.models.registry import check_weights_policy
 from leuk.plots import load_history, write_test_plots
 from leuk.preprocess.pipeline import build_preprocess
 from leuk.robustness import flatten, noise_rows
@@ -65,7 +66,7 @@ def check_checkpoint(ckpt_path: str, model_name: str) -> None:
 def build_datamodule(cfg: DictConfig) -> Any:
     """The DataModule of ``cfg.data`` with the run's seed and training augmentation."""
     datamodule = instantiate(cfg.data, seed=cfg.seed)
-    datamodule.train_transform = build_augmentation(cfg.augmentation.get("transforms"))
+    datamodule.train_transform = build_augmentation(cfg.augmentation.get("transforms"), seed=cfg.seed)
     datamodule.preprocess = build_preprocess(cfg.preprocess.get("steps"))
     return datamodule
 
@@ -140,6 +141,25 @@ def _stage_metrics(trainer: L.Trainer, stage: str) -> dict[str, float]:
     }
 
 
+def image_metrics_on_test(module: Classifier, datamodule: Any) -> dict[str, float]:
+    """With per-lesion patches (ALDL): the test metrics per image, an image's prediction being the
+    mean of its patches' probabilities (``test_image/*``); {} for one sample per image, or where
+    the test loop did not see every patch (fast_dev_run, limit_test_batches)."""
+    owner = getattr(datamodule, "patch_owner", None)
+    outputs = module.test_outputs
+    if owner is None or outputs is None:
+        return {}
+    test_set = datamodule.dataset("test")
+    if len(outputs["targets"]) != len(test_set):
+        return {}
+    images = owner[np.asarray(test_set.indices)[outputs["indices"]]]
+    ids, inverse = np.unique(images, return_inverse=True)
+    probs = np.zeros((len(ids), outputs["probs"].shape[1]), np.float64)
+    np.add.at(probs, inverse, outputs["probs"])
+    probs /= np.bincount(inverse)[:, None]
+    return compute_metrics(probs, datamodule.labels[ids], datamodule.class_names, prefix="test_image/")
+
+
 def noise_metrics_on_test(
     module: Classifier, datamodule: Any, sigmas: list[float], seed: int
 ) -> dict[str, float]:
@@ -162,10 +182,24 @@ def _update_wandb_summary(loggers: list[Any], metrics: dict[str, Any]) -> None:
             logger.experiment.summary.update(numbers)
 
 
+def tested_checkpoint(trainer: L.Trainer, which: str, best: str) -> str:
+    """The checkpoint to validate and test after fitting (``test_checkpoint``): ``best``, or
+    ``last``, the weights after the last epoch; "" when there is no such file (the module then
+    holds the last epoch's weights itself)."""
+    if which == "last":
+        callback = trainer.checkpoint_callback
+        return (getattr(callback, "last_model_path", "") or "") if callback else ""
+    return best
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then test the best checkpoint; return the values written to ``metrics.json``."""
+    """Fit, then test the best (or, with ``test_checkpoint=last``, the last) checkpoint; return the
+    values written to ``metrics.json``."""
     validate_train_config(cfg)
+    if cfg.train:
+        # Before any image is decoded: weights that cannot be had, or frozen random weights.
+        check_weights_policy(cfg.model, image_size=cfg.data.get("image_size"))
     if cfg.get("print_config"):
         print_config_tree(cfg)
     start = time.perf_counter()
@@ -202,28 +236,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics: dict[str, Any] = {}
+    which = cfg.get("test_checkpoint", "best")
     if cfg.train:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        tested = tested_checkpoint(trainer, which, best)
     else:
-        best = cfg.get("ckpt_path") or ""
+        best = tested = cfg.get("ckpt_path") or ""
+    metrics.update({"test_checkpoint": which, "tested_checkpoint": tested})
     if cfg.train and datamodule.has_val and not trainer.fast_dev_run:
-        # The selected checkpoint's validation metrics: what a sweep may select on (test/* must
+        # The tested checkpoint's validation metrics: what a sweep may select on (test/* must
         # stay untouched by model selection).
-        trainer.validate(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        trainer.validate(module, datamodule=datamodule, ckpt_path=tested or None, verbose=False)
         metrics.update(_stage_metrics(trainer, "val"))
     if cfg.test:
-        if not best:
+        if not tested and which == "best":
             log.warning(
                 "no checkpoint to test (fast_dev_run or no checkpointing): testing the current weights"
             )
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        trainer.test(module, datamodule=datamodule, ckpt_path=tested or None, verbose=False)
         metrics.update(_stage_metrics(trainer, "test"))
         sigmas = check_sigmas(cfg.get("noise_sigmas"))
+        # Rank 0 predicts the whole test split alone; its metrics gather nothing from the other
+        # ranks (compute_metrics does not sync), which have left by then.
         if sigmas and trainer.is_global_zero:
             metrics.update(noise_metrics_on_test(module, datamodule, sigmas, cfg.seed))
         confusion = module.test_confusion_matrix or []
         metrics["test/confusion_matrix"] = confusion
+        # The samples tested: images, or with ALDL's per-lesion patches the patches (as the paper
+        # counts them); n_test_images counts the images they came from.
         metrics["n_test"] = int(sum(map(sum, confusion)))
+        metrics["n_test_images"] = datamodule.summary["n_test"]
+        metrics.update(image_metrics_on_test(module, datamodule))
         if trainer.is_global_zero:
             metrics["plots"] = write_run_plots(out_dir, module, datamodule, loggers)
 
@@ -234,6 +277,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "split": datamodule.summary["split_protocol"],
             "grouping": datamodule.summary["grouping"],
             "groups_merged": datamodule.summary["images_merged_into_groups"],
+            # Subjects in two splits (null for a source without subject IDs): a C-NMC run under
+            # the image-level protocol tests on cells of people it trained on.
+            "subject_grouping": datamodule.summary["subject_grouping"],
+            "n_subjects": datamodule.summary["n_subjects"],
+            "subjects_shared": datamodule.summary["subjects_shared"],
             "bad_images_skipped": datamodule.summary["bad_images_skipped"],
             "non_image_files_ignored": datamodule.summary["non_image_files_ignored"],
             "preprocess": datamodule.summary["preprocess"],
@@ -254,6 +302,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "metric_definitions": DEFINITIONS,
         }
     )
+    if "n_patches" in datamodule.summary:
+        metrics["n_patches"] = datamodule.summary["n_patches"]
+        metrics["patches_per_image"] = datamodule.summary["patches_per_image"]
     if trainer.is_global_zero:
         write_json(out_dir / "metrics.json", metrics)
         _update_wandb_summary(loggers, metrics)

@@ -27,6 +27,9 @@ TINY_LOADER = [
     "trainer.enable_progress_bar=false",
 ]
 TINY = TINY_SYNTHETIC + TINY_LOADER
+# A paper experiment that fine-tunes ImageNet weights, run offline without them: from scratch,
+# knowingly (the weights policy refuses frozen random weights otherwise).
+OFFLINE_FROM_SCRATCH = ["model.pretrained=false", "model.allow_random_frozen=true"]
 
 
 def data_dir() -> Path | None:

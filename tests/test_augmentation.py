@@ -91,10 +91,10 @@ def test_mobilenet_m_brightness_multiplies_by_0_4_to_0_8(tmp_path) -> None:
 
 def test_misspelt_or_invalid_noise_argument_fails(tmp_path) -> None:
     cfg = compose_config(
-        ["augmentation=mobilenet_m", "+augmentation.transforms.3.transforms.0.sigmaa=3"], output_dir=tmp_path
+        ["augmentation=mobilenet_m", "+augmentation.transforms.0.transforms.0.sigmaa=3"], output_dir=tmp_path
     )
-    with pytest.raises(ConfigError, match=r"augmentation\.transforms\[3\]\.transforms\[0\]\.sigmaa"):
+    with pytest.raises(ConfigError, match=r"augmentation\.transforms\[0\]\.transforms\[0\]\.sigmaa"):
         validate_train_config(cfg)
-    cfg = compose_config(["augmentation=mobilenet_m", "augmentation.transforms.3.transforms.0.sigma=-3"])
-    with pytest.raises(AugmentationConfigError, match=r"(?s)transforms\[3\].*sigma"):
+    cfg = compose_config(["augmentation=mobilenet_m", "augmentation.transforms.0.transforms.0.sigma=-3"])
+    with pytest.raises(AugmentationConfigError, match=r"(?s)transforms\[0\].*sigma"):
         build_augmentation(cfg.augmentation.transforms)

@@ -204,8 +204,12 @@ def test_oversample_weighted_sampler_and_class_weights(tmp_path: Path) -> None:
     weighted = dm("class_weights")
     w = np.array(weighted.class_weights)
     assert w[3] > w[0] and np.isclose((w * np.bincount(weighted.labels[weighted.indices["train"]])).sum(), 34)
-    sampler = dm("weighted_sampler").train_dataloader().sampler
-    assert type(sampler).__name__ == "WeightedRandomSampler"
+    sampled = dm("weighted_sampler")
+    sampler = sampled.train_dataloader().sampler
+    # Draws with replacement, each image weighted by the inverse of its class's frequency.
+    train_labels = sampled.labels[sampled.train_indices]
+    assert sampler.weights is not None
+    assert np.allclose(sampler.weights * np.bincount(train_labels)[train_labels], 1.0)
 
 
 # --------------------------------------------------------------------------- inspect

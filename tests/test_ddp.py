@@ -4,7 +4,9 @@ counted exactly once, and the same test metrics as a single process."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -15,6 +17,31 @@ from leuk.data.dataset import UnpaddedDistributedSampler
 from leuk.data.synthetic import SyntheticSource
 from leuk.train import train
 from tests.helpers import PYTHON, TINY_LOADER, compose_config, subprocess_env
+
+# A tiny run takes well under a minute; a rank waiting at a collective the other never reaches
+# waits for gloo's 30-minute timeout, so this bound tells a hang from a slow machine.
+DDP_TIMEOUT_S = 600
+
+
+def run_or_kill(cmd: list[str], cwd: Path, timeout: float) -> tuple[int | None, str]:
+    """Run ``cmd`` in its own process group; past ``timeout`` kill the group (the launcher and the
+    rank it spawned) and return ``None`` as the exit status, with what it wrote to stderr."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+        return proc.returncode, stderr
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        return None, stderr
 
 
 def three_class_folder(root: Path) -> Path:
@@ -57,6 +84,45 @@ def test_ddp_cpu_end_to_end_matches_single_process(tmp_path: Path) -> None:
         if key.startswith("test/") and key != "test/confusion_matrix":
             assert single[key] == pytest.approx(value, abs=1e-6), key
     assert single["test/confusion_matrix"] == metrics["test/confusion_matrix"]
+
+
+@pytest.mark.slow
+def test_ddp_cpu_noise_table_finishes_and_matches_single_process(tmp_path: Path) -> None:
+    """The noise table (``noise_sigmas``) runs on rank 0 after the test; a metric there that waits
+    for the other rank at its sync would hang, so a timeout fails the test instead of blocking."""
+    data = three_class_folder(tmp_path)
+    sigmas = "noise_sigmas=[0,40]"
+    common = ["data=folder", f"data.root={data}", *TINY_LOADER, "logger=csv", "trainer.max_epochs=1"]
+    cmd = [PYTHON, "-m", "leuk.train", "trainer=ddp_cpu", sigmas, *common]
+    returncode, stderr = run_or_kill(cmd, tmp_path, timeout=DDP_TIMEOUT_S)
+    assert returncode is not None, (
+        f"2-process ddp_cpu run with {sigmas} did not finish in {DDP_TIMEOUT_S} s: {stderr[-3000:]}"
+    )
+    assert returncode == 0, stderr[-4000:]
+    (run,) = list((tmp_path / "outputs" / "train").iterdir())
+    metrics = json.loads((run / "metrics.json").read_text())
+    noise = {k: v for k, v in metrics.items() if k.startswith("noise/")}
+    assert {k.split("/")[1] for k in noise} == {"0", "40"}, sorted(noise)
+
+    single = train(
+        compose_config(
+            [
+                *common,
+                sigmas,
+                "trainer=cpu",
+                "train=false",
+                f"ckpt_path={metrics['best_checkpoint']}",
+                "logger=none",
+            ],
+            output_dir=tmp_path / "single",
+        )
+    )
+    single_noise = {k: v for k, v in single.items() if k.startswith("noise/")}
+    assert sorted(single_noise) == sorted(noise)
+    for key, value in noise.items():
+        assert single_noise[key] == pytest.approx(value, abs=1e-6), key
+    # σ = 0 is the clean test split: the same numbers as the test itself.
+    assert noise["noise/0/accuracy"] == pytest.approx(metrics["test/accuracy"], abs=1e-6)
 
 
 def test_unpadded_sampler_shards_each_image_once_and_refuses_empty_ranks() -> None:

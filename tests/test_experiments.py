@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from leuk.config import config_dir
 from leuk.config.schema import validate_train_config
-from tests.helpers import compose_config
+from leuk.models.registry import check_weights_policy
+from tests.helpers import OFFLINE_FROM_SCRATCH, compose_config
 from tests.test_configs import all_options
 from tests.test_train import EXTRA_OVERRIDES, REAL_DATA
 
@@ -104,8 +105,8 @@ def test_color_space_sweep_sets_the_color_space_step(tmp_path) -> None:
     spaces = set()
     for job in jobs:
         cfg = compose_config(["sweep=aldl_color_spaces", *job], output_dir=tmp_path)
-        step = cfg.preprocess.steps[3]
-        assert step._target_.endswith("ColorSpace")
+        step = cfg.preprocess.steps[2]  # ALDL's colour space is the segmentation's (the lesion crop)
+        assert step._target_.endswith("LesionCrop")
         spaces.add((step.space, cfg.data.split.test))
     assert spaces == {(s, t) for s in ("rgb", "hsv", "lab", "hed") for t in (0.3, 0.4)}
 
@@ -153,13 +154,52 @@ def test_experiment_records_its_protocol(experiment: str, tmp_path) -> None:
     assert "ImageNet" in text, "say whether the paper started from ImageNet weights"
     cfg = compose_config([f"experiment={experiment}"], output_dir=tmp_path)
     validate_train_config(cfg)
-    assert cfg.model.pretrained is False, "experiments run offline by default"
+    paper_weights = bool((cfg.model.paper or {}).get("imagenet_weights"))
+    assert cfg.model.pretrained is paper_weights, "the experiment starts from the weights its paper did"
     assert cfg.task_name == experiment and experiment in cfg.tags
     # tests/test_train.py runs it with fast_dev_run: on the real data (skipped where absent) or,
     # where that is too slow, on the synthetic set.
     real = not cfg.data.source._target_.endswith("SyntheticSource")
     on_synthetic = "data=synthetic" in EXTRA_OVERRIDES.get(("experiment", experiment), [])
     assert (("experiment", experiment) in REAL_DATA) == (real and not on_synthetic), "REAL_DATA"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_starts_offline_from_scratch_when_asked(experiment: str, tmp_path) -> None:
+    """Without the ImageNet weights, every experiment still starts (the weights policy lets it) with
+    model.pretrained=false model.allow_random_frozen=true, as tests/test_train.py runs them."""
+    cfg = compose_config([f"experiment={experiment}", *OFFLINE_FROM_SCRATCH], output_dir=tmp_path)
+    validate_train_config(cfg)
+    plan = check_weights_policy(cfg.model, image_size=cfg.data.image_size)
+    assert plan.random_frozen <= plan.frozen
+    if cfg.model.name in ("vgg16_mod", "mseenet"):
+        assert plan.random_frozen > 0, "these freeze a part: from scratch it is random"
+
+
+@pytest.mark.parametrize("experiment", ["vgg16_paper", "mseenet_paper"])
+def test_experiment_starts_from_a_local_weights_file(experiment: str, tmp_path) -> None:
+    """The other offline way: the backbone's weights in a file (here the random initialization,
+    saved by the test) satisfy the experiment's model.pretrained=true and its frozen part."""
+    import timm
+    import torch
+
+    from leuk.models.registry import pretrained_tag
+
+    cfg = compose_config([f"experiment={experiment}"], output_dir=tmp_path)
+    (tag,) = check_weights_policy_tags(cfg)
+    backbone = timm.create_model(tag.split(".")[0], num_classes=0)
+    assert pretrained_tag(backbone) == tag
+    path = tmp_path / f"{tag}.pth"
+    torch.save(backbone.state_dict(), path)
+    cfg = compose_config([f"experiment={experiment}", f"model.weights={path}"], output_dir=tmp_path)
+    plan = check_weights_policy(cfg.model, image_size=cfg.data.image_size)
+    assert plan.frozen > 0 and plan.random_frozen == 0
+
+
+def check_weights_policy_tags(cfg: DictConfig) -> list[str]:
+    """The pretrained weights the experiment's model asks timm for (no download, no check)."""
+    no_weights = OmegaConf.merge(cfg.model, {"pretrained": False, "allow_random_frozen": True})
+    return check_weights_policy(no_weights, image_size=cfg.data.image_size).tags
 
 
 # The protocol numbers the issue gives for each paper.
@@ -188,7 +228,8 @@ PROTOCOLS = {
         "data.split.test": 0.2,
         "optimizer.lr": 1e-3,
         "scheduler.scheduler.factor": 0.1,
-        "scheduler.scheduler.patience": 5,
+        # Keras's patience 5 (a cut on the 5th epoch without improvement) is torch's 4.
+        "scheduler.scheduler.patience": 4,
         "scheduler.scheduler.min_lr": 1e-6,
         "callbacks.early_stopping.patience": 20,
         "data.batch_size": 16,

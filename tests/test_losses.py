@@ -68,7 +68,8 @@ def test_ce_then_focal_switches_at_the_epoch() -> None:
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(8, 3, generator=g)
     target = torch.randint(0, 3, (8,), generator=g)
-    loss = CEThenFocalLoss(ce_epochs=2, gamma=2.0, alpha=0.25)
+    # focal_with_ce=False: CE alone, then focal (the paper's CE + focal early phase is in test_fidelity_aldl).
+    loss = CEThenFocalLoss(ce_epochs=2, gamma=2.0, alpha=0.25, focal_with_ce=False)
     ce = F.cross_entropy(logits, target)
     focal = FocalLoss(gamma=2.0, alpha=0.25)(logits, target)
     assert not torch.allclose(ce, focal)

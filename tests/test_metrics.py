@@ -60,6 +60,11 @@ def sklearn_values(probs: np.ndarray, targets: np.ndarray, names: list[str]) -> 
         "test/f1": skm.f1_score(targets, preds, average="macro", zero_division=0),
         "test/mcc": skm.matthews_corrcoef(targets, preds),
         "test/auroc": macro_auroc,
+        # The variants other papers report (issue 13, defect 7).
+        "test/weighted/precision": skm.precision_score(targets, preds, average="weighted", zero_division=0),
+        "test/weighted/recall": skm.recall_score(targets, preds, average="weighted", zero_division=0),
+        "test/weighted/f1": skm.f1_score(targets, preds, average="weighted", zero_division=0),
+        "test/auroc_hard": skm.roc_auc_score(np.eye(c)[targets], np.eye(c)[preds], average="macro"),
     }
     for k, name in enumerate(names):
         expected[f"test/precision/{name}"] = precision[k]

@@ -24,7 +24,7 @@ from tests.helpers import TINY, compose_config, fit_two_short_epochs
 
 @pytest.mark.parametrize(("size", "grid"), [(168, 6), (224, 7), (256, 8)])
 def test_mcb_hypernet_branch_shapes(size: int, grid: int) -> None:
-    net = create_model("mcb_hypernet", 4).eval()
+    net = create_model("mcb_hypernet", 4, image_size=size).eval()
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         f_res, f_mcb1, f_mob, f_mcb2 = net.branches(x)
@@ -38,10 +38,10 @@ def test_mcb_hypernet_branch_shapes(size: int, grid: int) -> None:
 
 def test_mcb_hypernet_small_input_and_gating() -> None:
     for gating in ("none", "scalar", "se"):
-        net = create_model("mcb_hypernet", 3, gating=gating)
+        net = create_model("mcb_hypernet", 3, image_size=64, gating=gating)
         assert net(torch.randn(2, 3, 64, 64)).shape == (2, 3)
     with pytest.raises(ValueError, match="gating"):
-        create_model("mcb_hypernet", 3, gating="always")
+        create_model("mcb_hypernet", 3, image_size=64, gating="always")
 
 
 def test_erosion_is_an_exact_min_pool() -> None:
@@ -209,7 +209,7 @@ def test_mobilenet_m_l1_penalty() -> None:
 # ---------------------------------------------------------------- parts
 def test_cbam_matches_its_definition() -> None:
     torch.manual_seed(0)
-    cbam = CBAM(32, reduction=16, spatial_kernel=7)
+    cbam = CBAM(32, reduction=16, spatial_kernel=7, channel_pools=("avg", "max"))  # Woo et al.
     x = torch.randn(2, 32, 9, 11)
     mlp = cbam.channel.mlp
     mc = torch.sigmoid(mlp(F.adaptive_avg_pool2d(x, 1)) + mlp(F.adaptive_max_pool2d(x, 1)))
@@ -221,10 +221,13 @@ def test_cbam_matches_its_definition() -> None:
     assert torch.allclose(cbam(x), x1 * ms, atol=1e-6)
 
 
-def test_aldl_has_cbam_after_every_mbconv_stage() -> None:
+def test_aldl_has_cbam_after_every_mbconv_block() -> None:
+    # Per stage: a CBAM after each MBConv block (stages 4-6), none after the Fused-MBConv ones.
     net = create_model("aldl", 4).eval()
-    assert [type(a).__name__ for a in net.attention] == ["CBAM"] * 6
-    assert [a.channel.mlp[0].in_channels for a in net.attention] == [24, 48, 64, 128, 160, 256]
+    kinds = [[type(a).__name__ for a in stage] for stage in net.attention]
+    fused, mbconv = ["Identity"], ["CBAM"]
+    assert kinds == [fused * 2, fused * 4, fused * 4, mbconv * 6, mbconv * 9, mbconv * 15]
+    assert [stage[-1].channel.mlp[0].in_channels for stage in net.attention[3:]] == [128, 160, 256]
     with torch.no_grad():
         stages = net.stages(torch.randn(1, 3, 224, 224))
     assert [tuple(s.shape[1:]) for s in stages] == [
@@ -236,9 +239,10 @@ def test_aldl_has_cbam_after_every_mbconv_stage() -> None:
         (256, 7, 7),
     ]
     light = create_model("aldl_mobilenetv3", 4)
-    # MobileNetV3-Small's last stage is its 1×1 head convolution, not an MBConv stage.
-    assert [type(a).__name__ for a in light.attention] == ["CBAM"] * 5 + ["Identity"]
-    assert [a.channel.mlp[0].in_channels for a in light.attention[:5]] == [16, 24, 40, 48, 96]
+    # MobileNetV3-Small's last stage is its 1×1 head convolution, not an MBConv block.
+    kinds = [[type(a).__name__ for a in stage] for stage in light.attention]
+    assert kinds == [["CBAM"] * 1, ["CBAM"] * 2, ["CBAM"] * 3, ["CBAM"] * 2, ["CBAM"] * 3, ["Identity"]]
+    assert [stage[-1].channel.mlp[0].in_channels for stage in light.attention[:5]] == [16, 24, 40, 48, 96]
 
 
 def test_mseenet_inception_branches() -> None:

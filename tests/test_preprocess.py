@@ -89,10 +89,11 @@ def test_bad_value_fails_naming_the_setting(override: str, setting: str) -> None
 
 
 def test_unknown_colour_space_fails_naming_the_key() -> None:
-    cfg = compose_config(["preprocess=aldl", "preprocess.steps.3.space=xyz"])
-    with pytest.raises(ConfigError, match=r"preprocess\.steps\[3\]\.space"):
+    # ALDL's colour space is that of the segmentation (step 2, the lesion crop).
+    cfg = compose_config(["preprocess=aldl", "preprocess.steps.2.space=xyz"])
+    with pytest.raises(ConfigError, match=r"preprocess\.steps\[2\]\.space"):
         validate_train_config(cfg)
-    with pytest.raises(PreprocessConfigError, match=r"preprocess\.steps\[3\].*space.*'xyz'"):
+    with pytest.raises(PreprocessConfigError, match=r"preprocess\.steps\[2\].*space.*'xyz'"):
         build_preprocess(cfg.preprocess.steps)
 
 
@@ -108,9 +109,9 @@ def test_misspelt_or_targetless_step_fails_validation() -> None:
 
 
 def test_colour_space_sweep_override_reaches_the_step() -> None:
-    cfg = compose_config(["preprocess=aldl", "preprocess.steps.3.space=hsv"])
+    cfg = compose_config(["preprocess=aldl", "preprocess.steps.2.space=hsv"])
     pipeline = build_preprocess(cfg.preprocess.steps)
-    assert pipeline.steps[3].params["space"] == "hsv"
+    assert pipeline.steps[2].params["space"] == "hsv"
 
 
 # ------------------------------------------------------------------ stain normalisation

@@ -123,17 +123,28 @@ def test_folds_of_one_protocol_are_one_row(tmp_path: Path) -> None:
 def test_paper_values_stand_beside_the_runs(tmp_path: Path) -> None:
     sweep = _fake_sweep(tmp_path)
     refs = tmp_path / "refs.csv"
+    # Columns: paper, table, model, dataset, split, config, metric, variant, basis, value, unit, n, note.
     refs.write_text(
         ",".join(COLUMNS)
         + "\n"
-        + "Paper A,Table 2,resnet18,,data.image_size=64,accuracy,0.97,a test value\n"
-        + "Paper A,,resnet18,,data.image_size=64,mcc,,fill from Paper A\n"
-        + "Paper B,Table 1,resnet18,,data.image_size=224,accuracy,0.5,another protocol: must not match\n"
+        + "Paper A,Table 2,resnet18,,80/10/10,data.image_size=64,accuracy,micro,stated,0.97,fraction,1,"
+        + "a test value\n"
+        + "Paper A,,resnet18,,80/10/10,data.image_size=64,mcc,multiclass,assumed,,fraction,1,"
+        + "fill from Paper A\n"
+        + "Paper B,Table 1,resnet18,,80/10/10,data.image_size=224,accuracy,micro,stated,50,percent,1,"
+        + "another protocol: must not match\n"
     )
     _, csv_path, markdown = write_report([sweep], references=refs)
     comparison = markdown.split("## Comparison with the papers", 1)[1].split("## Failed runs", 1)[0]
-    assert "| accuracy | 0.850 ± 0.071 | 0.97 | Paper A, Table 2 | a test value |" in comparison
-    assert "| mcc | 0.650 ± 0.071 | n/a | Paper A | fill from Paper A |" in comparison
+    # leuk's test value, its validation value (none in these runs), the paper's, its runs, the source.
+    assert (
+        "| accuracy | micro (stated) | 0.850 ± 0.071 | n/a | 0.97 | 1 | Paper A, Table 2 | a test value |"
+        in comparison
+    )
+    assert (
+        "| mcc | multiclass (assumed) | 0.650 ± 0.071 | n/a | n/a | 1 | Paper A | fill from Paper A |"
+        in comparison
+    )
     assert "Paper B" not in comparison
     table = pd.read_csv(csv_path)
     resnet = table[(table.model == "resnet18") & (table.runs > 0)].iloc[0]
@@ -142,8 +153,9 @@ def test_paper_values_stand_beside_the_runs(tmp_path: Path) -> None:
 
 
 def test_packaged_reference_values_are_sourced() -> None:
-    """Every value names where it comes from; an empty one says which table to fill it from."""
+    """Every value names where it comes from, in which variant, over how many runs."""
     from leuk.models.registry import get_model_entry
+    from leuk.reference import implied_variant
     from tests.test_configs import all_options
 
     experiments = {o for g, o in all_options() if g == "experiment"}
@@ -152,20 +164,21 @@ def test_packaged_reference_values_are_sourced() -> None:
     for ref in refs:
         if ref.model:
             get_model_entry(ref.model)
-        assert ref.metric in {*METRICS, "wall_time_s", "preprocess_s_per_image"}, ref
+        # A key of leuk's whose variant is the row's (the loader checks they agree).
+        assert implied_variant(ref.metric) == ref.variant, ref
         for key, value in ref.conditions():
             if key == "experiment":
                 assert value in experiments, ref
-        assert ref.known or ref.note.startswith("fill from"), ref
-        if ref.known and ref.metric in METRICS:
-            # Fractions, as metrics.json holds them: a percentage copied as 96.1 would fail here.
-            assert 0 < ref.value <= 1, ref
-            assert ref.table and "source:" in ref.note, ref
-    known = {(r.paper.split()[0], r.metric): r.value for r in refs if r.known}
-    # The issue's figure, and the abstracts' headline values found so far.
-    assert known[("ALDL", "preprocess_s_per_image")] == 4.25
-    assert known[("MobileNet_M", "accuracy")] == pytest.approx(0.9533)
-    assert {p for p, _ in known} == {"ALDL", "modified", "MobileNet_M"}
+        assert ref.known or ref.note, ref
+        if ref.known and ref.stage_metric:
+            # On leuk's scale, as metrics.json holds them: a percentage read as a fraction fails here.
+            assert 0 < ref.scaled <= 1, ref
+            assert ref.table and ref.n >= 1, ref
+    known = {(r.paper.split()[0], r.table, r.metric, round(r.scaled, 6)) for r in refs if r.known}
+    # The issue's figure (now a whole-method time), and the abstracts' headline values.
+    assert ("ALDL", "Table 4", "method_s_per_image", 4.25) in known
+    assert ("MobileNet_M", "Table 10; abstract", "accuracy", 0.9533) in known
+    assert {k[0] for k in known} == {"ALDL", "modified", "MobileNet_M", "MCB-HyperNet", "MSEENet"}
 
 
 def test_cli_prints_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

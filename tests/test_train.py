@@ -12,7 +12,15 @@ import torch
 
 from leuk.data.synthetic import SyntheticSource
 from leuk.train import CheckpointMismatchError, train
-from tests.helpers import PYTHON, TINY, TINY_LOADER, compose_config, data_dir, subprocess_env
+from tests.helpers import (
+    OFFLINE_FROM_SCRATCH,
+    PYTHON,
+    TINY,
+    TINY_LOADER,
+    compose_config,
+    data_dir,
+    subprocess_env,
+)
 from tests.test_configs import all_options
 
 # Options that need hardware this machine may not have.
@@ -33,10 +41,14 @@ NOT_A_RUN = {"sweep"}
 # Options that cannot run at the tiny size, with what they need instead.
 EXTRA_OVERRIDES = {
     ("model", "inception_v3"): ["data.image_size=80"],
+    # Their frozen parts (block 5; the first epochs' backbone) are random without ImageNet weights.
+    ("model", "vgg16_mod"): ["model.allow_random_frozen=true"],
+    ("model", "mseenet"): ["model.allow_random_frozen=true"],
     # ALDL's preprocessing of the 3,256 ALL images takes over a minute on 2 cores: the same protocol
     # (preprocessing, 70/30 split, losses) runs on the tiny synthetic set instead, and its lesion
     # crop (a fixed 224 px, not data.image_size) at the tiny size.
     ("experiment", "aldl_paper"): ["data=synthetic", "preprocess.steps.2.size=32"],
+    ("experiment", "aldl_paper_adam"): ["data=synthetic", "preprocess.steps.2.size=32"],
 }
 
 
@@ -64,6 +76,8 @@ def test_fast_dev_run_every_option(group: str, option: str, tmp_path: Path) -> N
         overrides.append(f"data.root={tiny_folder(tmp_path)}")
     if group != "logger":
         overrides.append("logger=none")
+    if group == "experiment":
+        overrides += OFFLINE_FROM_SCRATCH
     overrides += EXTRA_OVERRIDES.get((group, option), [])
     cfg = compose_config(overrides, output_dir=tmp_path)
     metrics = train(cfg)

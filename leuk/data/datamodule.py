@@ -11,7 +11,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from leuk.data.balance import (
     BALANCE_METHODS,
@@ -20,8 +20,15 @@ from leuk.data.balance import (
     inverse_frequency_weights,
     oversample_indices,
 )
-from leuk.data.dataset import CachedImageDataset, UnpaddedDistributedSampler
-from leuk.data.decode import BadImagesError, DecodedImages, decode_all, decode_file, open_rgb
+from leuk.data.dataset import CachedImageDataset, EpochSampler, UnpaddedDistributedSampler
+from leuk.data.decode import (
+    BadImagesError,
+    DecodedImages,
+    decode_all,
+    decode_file,
+    decode_patches,
+    open_rgb,
+)
 from leuk.data.grouping import Grouping, group_images
 from leuk.data.sources import DataError, ImageRecord, SourceScan
 from leuk.data.splits import SPLITS
@@ -118,6 +125,11 @@ class LeukDataModule(L.LightningDataModule):
         # split, run once per image at full resolution, cached with the decoded pixels.
         self.preprocess = preprocess
         self.preprocess_stats: dict[str, Any] = {}
+        # Per-lesion preprocessing (ALDL, preprocess.steps.<i>.per_lesion=true): the patches, and
+        # the image each patch came from. None: one sample per image.
+        self.patches: np.ndarray | None = None
+        self.patch_owner: np.ndarray | None = None
+        self.patches_cache_hit = False
         self._ready = False
         self.summary: dict[str, Any] = {}
 
@@ -125,6 +137,7 @@ class LeukDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
+        self._check_per_lesion()
         scan: SourceScan = self.source.scan()
         records = self._select_fold(scan.records)
         decoded = decode_all(
@@ -149,6 +162,7 @@ class LeukDataModule(L.LightningDataModule):
         self.indices = {s: np.flatnonzero(assignment == s) for s in SPLITS}
         if self.preprocess is not None and not self.preprocess.is_identity:
             self._run_preprocess()
+        self._set_samples()
         self._apply_balance()
         self._summarize()
         self._ready = True
@@ -161,6 +175,9 @@ class LeukDataModule(L.LightningDataModule):
             pipeline.fit(np.asarray(open_rgb(p)) for p in train_paths)
         if self.cache == "none":
             return  # the dataset runs the pipeline on every read
+        if pipeline.per_lesion:
+            self._run_patches()
+            return
         processed = decode_all(
             [r.path for r in self.records],
             self.image_size,
@@ -170,6 +187,7 @@ class LeukDataModule(L.LightningDataModule):
             transform=pipeline,
             transform_key=pipeline.cache_key(),
             transform_stats=pipeline.stats,
+            sha256=self.decoded.sha256,  # hashed by setup's decode_all: not read and hashed again
         )
         if processed.bad:
             raise BadImagesError(processed.bad)
@@ -180,6 +198,67 @@ class LeukDataModule(L.LightningDataModule):
         )
         if processed.stats:
             log.info("preprocessing events: %s", processed.stats)
+
+    @property
+    def per_lesion(self) -> bool:
+        """Whether each image is expanded into one sample per lesion patch."""
+        return self._preprocessing and bool(getattr(self.preprocess, "per_lesion", False))
+
+    def _check_per_lesion(self) -> None:
+        if not self.per_lesion:
+            return
+        key = f"preprocess.steps.{self.preprocess.per_lesion_step()}.per_lesion"
+        if self.cache == "none":
+            raise DataError(
+                f"{key}=true computes the patches once: it needs data.cache=memory or disk, not none"
+            )
+        if self.balance == "hsv_copy":
+            raise DataError(
+                f"data.balance=hsv_copy copies whole images; it cannot be combined with {key}=true"
+            )
+
+    def _run_patches(self) -> None:
+        """Every image's lesion patches, once (cached); the split is already made on images."""
+        pipeline = self.preprocess
+        processed = decode_patches(
+            [r.path for r in self.records],
+            self.image_size,
+            pipeline,
+            sha256=self.decoded.sha256,
+            mode=self.cache,
+            cache_dir=self.cache_dir,
+            source_key=getattr(self.source, "cache_key", self.scan.description),
+            transform_key=pipeline.cache_key(),
+            transform_stats=pipeline.stats,
+        )
+        self.patches = processed.images
+        self.patch_owner = processed.owner
+        self.patches_cache_hit = processed.from_cache
+        # Each image's first patch (its largest lesion) stands for the image where one image per
+        # record is shown (leuk.data.preview).
+        first = np.searchsorted(processed.owner, np.arange(len(self.records)))
+        self.decoded.images = np.asarray(processed.images[first])
+        self.preprocess_stats = processed.stats
+        log.info(
+            "preprocessed %d images into %d lesion patches (%s) in %.1f s",
+            len(self.records),
+            len(processed.owner),
+            pipeline.hash_key(),
+            processed.seconds,
+        )
+        if processed.stats:
+            log.info("preprocessing events: %s", processed.stats)
+
+    def _set_samples(self) -> None:
+        """The samples of each split: its images, or with per-lesion patches the patches of its
+        images (each with its image's label), so that no image's patches straddle two splits."""
+        if self.patch_owner is None:
+            self.sample_labels = self.labels
+            self.sample_indices = self.indices
+            return
+        owner_split = self.assignment[self.patch_owner]
+        self.sample_labels = self.labels[self.patch_owner]
+        self.sample_indices = {s: np.flatnonzero(owner_split == s) for s in SPLITS}
 
     def _select_fold(self, records: list[ImageRecord]) -> list[ImageRecord]:
         """With ``data.fold=k``, keep fold k only (C-NMC's per-fold protocol splits each fold alone)."""
@@ -193,16 +272,17 @@ class LeukDataModule(L.LightningDataModule):
         return [r for r in records if r.fold == self.fold]
 
     def _apply_balance(self) -> None:
-        """Balance the training split only; validation and test keep their images as they are."""
-        train = self.indices["train"]
+        """Balance the training split only; validation and test keep their images as they are.
+        With per-lesion patches the balancing counts and draws patches."""
+        train = self.sample_indices["train"]
         self.train_indices = train
         self.copy_of = np.zeros(0, dtype=np.int64)
         self.copy_images: np.ndarray | None = None
         n_classes = len(self.class_names)
         if self.balance == "oversample":
-            self.train_indices = oversample_indices(train, self.labels, self.seed)
+            self.train_indices = oversample_indices(train, self.sample_labels, self.seed)
         elif self.balance == "class_weights":
-            self.class_weights = inverse_frequency_weights(self.labels[train], n_classes).tolist()
+            self.class_weights = inverse_frequency_weights(self.sample_labels[train], n_classes).tolist()
         elif self.balance == "hsv_copy":
             folders = self.scan.folder_names
             if self.hsv_copy_class not in folders:
@@ -260,18 +340,34 @@ class LeukDataModule(L.LightningDataModule):
         return kept, decoded
 
     def _group(self, records: list[ImageRecord], decoded: DecodedImages) -> Grouping:
+        subjects = [r.subject for r in records] if self.group_subjects else None
+        if self.group_subjects and not any(subjects or []):
+            raise DataError("data.group_subjects=true, but this source has no subject IDs")
         if not self.group_duplicates:
             log.warning(
                 "data.group_duplicates=false: duplicate and near-duplicate images may fall on both sides "
                 "of the train/test line (a naive split, as some papers used)"
             )
-            return Grouping(np.arange(len(records)), [], [], 0)
-        subjects = [r.subject for r in records] if self.group_subjects else None
-        if self.group_subjects and not any(subjects or []):
-            raise DataError("data.group_subjects=true, but this source has no subject IDs")
+            # Subject grouping is a separate choice and still holds: every image its own content key.
+            return group_images([str(i) for i in range(len(records))], subjects=subjects)
         return group_images(decoded.sha256, decoded.dhash, self.near_duplicate_distance, subjects)
 
+    def _shared_subjects(self) -> tuple[int | None, dict[str, int] | None]:
+        """How many subjects the source has and how many appear in two splits (None for a source
+        without subject IDs: 'not known', which a 0 would misreport as 'none shared')."""
+        subjects = np.array([r.subject for r in self.records], dtype=object)
+        known = np.array([subject is not None for subject in subjects], dtype=bool)
+        if not known.any():
+            return None, None
+        by_split = {s: set(subjects[idx][known[idx]].tolist()) for s, idx in self.indices.items()}
+        shared = {
+            f"{a}_{b}": len(by_split[a] & by_split[b])
+            for a, b in (("train", "test"), ("train", "val"), ("val", "test"))
+        }
+        return len(set(subjects[known].tolist())), shared
+
     def _summarize(self) -> None:
+        n_subjects, shared = self._shared_subjects()
         counts = {
             s: {self.class_names[c]: int((self.labels[idx] == c).sum()) for c in range(len(self.class_names))}
             for s, idx in self.indices.items()
@@ -291,6 +387,8 @@ class LeukDataModule(L.LightningDataModule):
             "n_groups": self.grouping.n_groups,
             "images_merged_into_groups": self.grouping.merged,
             "subject_grouping": self.group_subjects,
+            "n_subjects": n_subjects,
+            "subjects_shared": shared,
             "exact_duplicate_pairs": len(self.grouping.exact_pairs),
             "near_duplicate_pairs": len(self.grouping.near_pairs),
             "bad_images_skipped": len(self.decoded.bad),
@@ -300,6 +398,10 @@ class LeukDataModule(L.LightningDataModule):
             "decode_seconds": round(self.decoded.seconds, 3),
             "decode_cache_hit": self.decoded.from_cache,
         }
+        if self.patch_owner is not None:
+            self.summary["n_patches"] = {s: len(self.sample_indices[s]) for s in SPLITS}
+            self.summary["patches_per_image"] = round(len(self.patch_owner) / max(1, len(self.records)), 3)
+            self.summary["patches_cache_hit"] = self.patches_cache_hit
         log.info(
             "data: %d images, %d classes, split %s; groups: %d (%d images merged: %d exact, %d near pairs)",
             len(self.records),
@@ -312,6 +414,27 @@ class LeukDataModule(L.LightningDataModule):
         )
         for s in SPLITS:
             log.info("  %-5s %5d  %s", s, len(self.indices[s]), counts[s])
+        if self.patch_owner is not None:
+            log.info(
+                "lesion patches (per_lesion, the split made on images): train %d, val %d, test %d "
+                "(%.2f per image)",
+                *(len(self.sample_indices[s]) for s in SPLITS),
+                self.summary["patches_per_image"],
+            )
+        if shared is None:
+            log.info("subjects shared across splits: n/a (the source has no subject IDs)")
+        elif any(shared.values()):
+            log.warning(
+                "subjects shared across splits (of %d): train/test %d, train/val %d, val/test %d (an "
+                "image-level split: test scores are for cells of subjects seen in training); "
+                "data.group_subjects=true keeps each subject in one split",
+                n_subjects,
+                shared["train_test"],
+                shared["train_val"],
+                shared["val_test"],
+            )
+        else:
+            log.info("subjects shared across splits: none (%d subjects)", n_subjects)
 
     # ---------------------------------------------------------------- access
     @property
@@ -322,7 +445,8 @@ class LeukDataModule(L.LightningDataModule):
 
     def split_frame(self) -> pd.DataFrame:
         """The split manifest (``split.csv``): absolute path, label, class name, split, group, and
-        ``variant`` (``original``, or ``hsv_copy`` for a balancing copy of a training image)."""
+        ``variant`` (``original``, or ``hsv_copy`` for a balancing copy of a training image); with
+        per-lesion patches also ``n_patches``, the image's number of patches (one row per image)."""
         frame = pd.DataFrame(
             {
                 "path": [r.path for r in self.records],
@@ -334,6 +458,8 @@ class LeukDataModule(L.LightningDataModule):
                 "variant": "original",
             }
         )
+        if self.patch_owner is not None:
+            frame["n_patches"] = np.bincount(self.patch_owner, minlength=len(self.records))
         if len(self.copy_of):
             copies = frame.iloc[self.copy_of].copy()
             copies["variant"] = "hsv_copy"
@@ -341,16 +467,20 @@ class LeukDataModule(L.LightningDataModule):
         return frame
 
     def dataset(self, split: str, augment: bool | None = None, balanced: bool = True) -> CachedImageDataset:
-        """The images of ``split``; the training split with its balancing unless ``balanced=False``."""
+        """The images (or lesion patches) of ``split``; the training split with its balancing unless
+        ``balanced=False``."""
         if not self._ready:
             self.setup()
         use_aug = (split == "train") if augment is None else augment
-        indices = self.train_indices if (split == "train" and balanced) else self.indices[split]
+        indices = self.train_indices if (split == "train" and balanced) else self.sample_indices[split]
+        paths = [r.path for r in self.records]
+        if self.patch_owner is not None:
+            paths = [paths[i] for i in self.patch_owner]
         return CachedImageDataset(
             indices,
-            np.concatenate([self.labels, self.labels[self.copy_of]]),
-            self.decoded.images,
-            [r.path for r in self.records],
+            np.concatenate([self.sample_labels, self.labels[self.copy_of]]),
+            self.decoded.images if self.patches is None else self.patches,
+            paths,
             self.image_size,
             self.train_transform if use_aug else None,
             extra_images=self.copy_images,
@@ -370,13 +500,14 @@ class LeukDataModule(L.LightningDataModule):
                 sampler = UnpaddedDistributedSampler(ds)
             except ValueError as err:
                 raise DataError(f"the {split} split: {err} (data.split: {self.split.describe()})") from err
-        if split == "train" and self.balance == "weighted_sampler":
-            train_labels = self.labels[self.train_indices]
-            weights = 1.0 / np.bincount(train_labels)[train_labels]
-            generator = torch.Generator().manual_seed(self.seed)
-            sampler = WeightedRandomSampler(
-                weights.tolist(), len(train_labels), replacement=True, generator=generator
-            )
+        if split == "train":
+            # The order and every augmentation come from (seed, epoch, position), whichever worker
+            # loads an item (leuk.data.dataset): the same with any num_workers, new each epoch.
+            weights = None
+            if self.balance == "weighted_sampler":
+                train_labels = self.sample_labels[self.train_indices]
+                weights = 1.0 / np.bincount(train_labels)[train_labels]
+            sampler = EpochSampler(len(ds), self.seed, shuffle=shuffle, weights=weights)
             shuffle = False
         return DataLoader(
             ds,
@@ -387,6 +518,10 @@ class LeukDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             multiprocessing_context=_worker_context(self.num_workers),
+            # Without a generator each new iterator draws the workers' base seed from the global
+            # stream, more often with num_workers=0 than with persistent workers: the model's
+            # dropout would then see a different stream for each setting.
+            generator=torch.Generator().manual_seed(self.seed),
             # A lone last training image would break BatchNorm in training mode (one value per
             # channel); drop only that case, never a real batch, and never in evaluation.
             drop_last=split == "train" and len(ds) > self.batch_size and len(ds) % self.batch_size == 1,

@@ -1,37 +1,59 @@
 """Decode each image once: to RGB uint8 at the run's size, with its content and perceptual hashes.
 
-The result is kept in RAM or in a memory-mapped ``.npy`` file under the cache folder, keyed by the
-source, the files (path, size, mtime), the size and the version of this code, so later epochs and
-later runs with the same key read pixels without touching a JPEG/BMP decoder.
+The result is kept in RAM or in a memory-mapped ``.npy`` file under the cache folder. A disk entry
+is keyed by what makes its pixels: the files' content (their SHA-256 hashes, in order, the same
+hashes that grouping uses), the size, the source and preprocessing keys, and a fingerprint of the
+code and library versions that decode and preprocess (``code_fingerprint``). An entry is written
+in a temporary folder, its metadata (with pixel checksums) last, and published by one rename; one
+that is damaged later is found on loading, logged and rebuilt.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import importlib.metadata
 import io
 import json
 import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import imagehash
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError, features
 
 from leuk.data.sources import DataError
 
 log = logging.getLogger(__name__)
 
-# Bump when decoding or hashing changes, so stale caches are not reused.
-CACHE_VERSION = 1
 CACHE_MODES = ("memory", "disk", "none")
+# Distributions whose versions can change the cached pixels or hashes: Pillow (codecs, resize),
+# numpy, ImageHash (the dhash kept with the pixels); and those the preprocessing steps compute with.
+DECODE_LIBRARIES = ("pillow", "numpy", "imagehash")
+PREPROCESS_LIBRARIES = (
+    "scikit-image",
+    "scipy",
+    "opencv-python",
+    "opencv-python-headless",
+    "opencv-contrib-python",
+    "opencv-contrib-python-headless",
+)
+# Pillow's codec libraries that decode lossy formats (lossless ones decode the same everywhere).
+CODEC_FEATURES = ("jpg", "libjpeg_turbo")
+# Rows per pixel checksum: small enough to check in parallel, large enough to keep the list short.
+CHECKSUM_ROWS = 256
+_TMP_PREFIX = ".tmp_"
 
 
 class BadImagesError(DataError):
@@ -95,15 +117,76 @@ def _dhash64(im: Image.Image) -> int:
     return int("".join("1" if b else "0" for b in bits), 2)
 
 
-def _cache_key(source_key: str, paths: Sequence[str], size: int, transform_key: str = "") -> str:
-    h = hashlib.sha1()
-    h.update(f"v{CACHE_VERSION}|{source_key}|{size}|{transform_key}".encode())
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+# --------------------------------------------------------------------------- the key
+@cache
+def _distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def library_versions(transform: object | None = None) -> dict[str, str]:
+    """Installed versions of the libraries that make the pixels (and Pillow's lossy codecs)."""
+    names = DECODE_LIBRARIES + (PREPROCESS_LIBRARIES if transform is not None else ())
+    out = {name: v for name in names if (v := _distribution_version(name)) is not None}
+    for codec in CODEC_FEATURES:
+        try:
+            version = features.version(codec)
+        except ValueError:  # a name this Pillow does not know
+            version = None
+        if version is not None:
+            out[f"pillow:{codec}"] = version
+    return out
+
+
+def pixel_sources(transform: object | None = None) -> list[Path]:
+    """The source files whose code makes the cached pixels: this module, and with a ``transform``
+    the package (every module beside it) of the transform's class and of each of its ``steps``."""
+    files = {Path(__file__).resolve()}
+    if transform is not None:
+        for obj in (transform, *getattr(transform, "steps", ())):
+            module = sys.modules.get(type(obj).__module__)
+            path = getattr(module, "__file__", None)
+            if not path:
+                continue  # defined in __main__ or a notebook: only its config key follows it
+            path = Path(path).resolve()
+            # A step calls helpers of the modules beside it, so the whole package counts.
+            package = getattr(module, "__package__", None)
+            files |= set(path.parent.glob("*.py")) if package else {path}
+    return sorted(files)
+
+
+def code_fingerprint(transform: object | None = None) -> str:
+    """16 hex digits that change when the code or a library version that makes the pixels does."""
+    h = hashlib.sha256()
+    for path in pixel_sources(transform):
+        h.update(f"{path.parent.name}/{path.name}:".encode())
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    h.update(json.dumps(library_versions(transform), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
+def _cache_key(
+    source_key: str, sha256: Sequence[str], size: int, transform_key: str, fingerprint: str
+) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([fingerprint, source_key, size, transform_key, len(sha256)]).encode())
+    for s in sha256:
+        h.update(f"|{s}".encode())
+    return h.hexdigest()[:24]
+
+
+def _hash_file(path: str) -> str:
+    # One read of the whole file: cheaper than hashlib.file_digest's chunked loop for small images.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return hashlib.sha256(os.read(fd, os.fstat(fd).st_size + 1)).hexdigest()
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- decode_all
 def decode_all(
     paths: Sequence[str],
     size: int,
@@ -115,37 +198,108 @@ def decode_all(
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
     transform_key: str = "",
     transform_stats: Callable[[], dict] | None = None,
+    sha256: Sequence[str] | None = None,
 ) -> DecodedImages:
     """Decode (or load from the disk cache) every image of ``paths``.
 
     ``transform`` (deterministic preprocessing) runs on each full-resolution image before the
     resize, and ``transform_key`` (its config and fitted state) joins the cache key.
     ``mode="none"`` still reads every file once, for its hashes, but keeps no pixels.
+    ``sha256``: the files' hashes as an earlier ``decode_all`` of the same paths in this run
+    returned them, so that the disk cache's lookup does not read and hash every file again.
     """
     if mode not in CACHE_MODES:
         raise ValueError(f"data.cache must be one of {', '.join(CACHE_MODES)}; got '{mode}'")
+    if sha256 is not None and len(sha256) != len(paths):
+        raise ValueError(f"sha256 has {len(sha256)} hashes for {len(paths)} paths")
     start = time.perf_counter()
-    folder = None
-    if mode == "disk":
-        if cache_dir is None:
-            raise ValueError("data.cache=disk needs data.cache_dir")
-        folder = Path(cache_dir).expanduser() / _cache_key(source_key, paths, size, transform_key)
-        loaded = _load(folder, len(paths))
+    threads = num_threads or min(8, os.cpu_count() or 1)
+    if mode != "disk":
+        result = _decode(paths, size, mode != "none", None, transform, threads)
+        result.stats = transform_stats() if transform_stats is not None else {}
+        result.seconds = time.perf_counter() - start
+        _log_decoded(result, size)
+        return result
+
+    if cache_dir is None:
+        raise ValueError("data.cache=disk needs data.cache_dir")
+    root = Path(cache_dir).expanduser()
+    _remove_stale_temps(root)
+    fingerprint = code_fingerprint(transform)
+    hashes = list(sha256) if sha256 is not None else _hash_all(paths, threads)
+    if all(hashes):
+        key = _cache_key(source_key, hashes, size, transform_key, fingerprint)
+        loaded = _load(root / key, key, hashes, size)
         if loaded is not None:
             loaded.seconds = time.perf_counter() - start
-            log.info("decoded images: cache hit %s (%d images)", folder, len(paths))
+            log.info(
+                "decoded images: cache hit %s (%d images, %.1f s)", root / key, len(paths), loaded.seconds
+            )
             return loaded
 
+    root.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{host}_{os.getpid()}_", dir=root))
+    try:
+        result = _decode(paths, size, True, tmp_dir / "images.npy", transform, threads)
+        result.stats = transform_stats() if transform_stats is not None else {}
+        if result.bad:
+            # Not cached while files are bad (the next run must see them again); keep the pixels.
+            result.images = np.array(result.images)
+        else:
+            # The hashes of the bytes just decoded decide the key (a file may have changed since
+            # the lookup), so an entry's name always matches its pixels.
+            key = _cache_key(source_key, result.sha256, size, transform_key, fingerprint)
+            result = _publish(result, tmp_dir, root / key, key, fingerprint, transform)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    result.seconds = time.perf_counter() - start
+    _log_decoded(result, size)
+    return result
+
+
+def _log_decoded(result: DecodedImages, size: int) -> None:
+    log.info(
+        "decoded %d images at %d px in %.1f s (%d unreadable)",
+        len(result.sha256),
+        size,
+        result.seconds,
+        len(result.bad),
+    )
+
+
+def _hash_all(paths: Sequence[str], threads: int) -> list[str]:
+    """SHA-256 of every file ("" where it cannot be read: the decode pass reports that file).
+
+    One contiguous slice per thread (hashlib and reads release the GIL): a task per file costs as
+    much CPU in thread hand-offs as the hashing itself.
+    """
+
+    def one(path: str) -> str:
+        try:
+            return _hash_file(path)
+        except OSError:
+            return ""
+
     n = len(paths)
-    keep_pixels = mode != "none"
-    tmp_dir = None
-    if mode == "disk":
-        assert folder is not None
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp_", dir=folder.parent))
-        images = np.lib.format.open_memmap(
-            tmp_dir / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
-        )
+    slices = [paths[i * n // threads : (i + 1) * n // threads] for i in range(threads)]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        parts = list(pool.map(lambda part: [one(p) for p in part], slices))
+    return [h for part in parts for h in part]
+
+
+def _decode(
+    paths: Sequence[str],
+    size: int,
+    keep_pixels: bool,
+    memmap_path: Path | None,
+    transform: Callable[[np.ndarray], np.ndarray] | None,
+    threads: int,
+) -> DecodedImages:
+    n = len(paths)
+    images: np.ndarray | None
+    if memmap_path is not None:
+        images = np.lib.format.open_memmap(memmap_path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
     elif keep_pixels:
         images = np.zeros((n, size, size, 3), dtype=np.uint8)
     else:
@@ -168,54 +322,358 @@ def decode_all(
         except (OSError, ValueError) as exc:
             bad.append((path, str(exc)))
 
-    threads = num_threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(work, range(n)))
+    bad.sort()
+    return DecodedImages(images, sha, dh, bad)
+
+
+# --------------------------------------------------------------------------- the entry on disk
+def _checksums(images: np.ndarray) -> list[int]:
+    """CRC-32 of each block of ``CHECKSUM_ROWS`` rows (zlib releases the GIL: blocks run in parallel)."""
+    blocks = [images[i : i + CHECKSUM_ROWS] for i in range(0, len(images), CHECKSUM_ROWS)]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda b: zlib.crc32(np.ascontiguousarray(b).data), blocks))
+
+
+def _publish(
+    result: DecodedImages,
+    tmp_dir: Path,
+    folder: Path,
+    key: str,
+    fingerprint: str,
+    transform: object | None,
+) -> DecodedImages:
+    """Write the metadata (the completion marker) last, then move the entry into place in one rename."""
+    images = result.images
+    assert isinstance(images, np.memmap)
+    images.flush()
+    n, size = len(result.sha256), images.shape[1]
+    meta = {
+        "key": key,
+        "n": n,
+        "size": size,
+        "sha256": result.sha256,
+        "dhash": [int(x) for x in result.dhash],
+        "stats": result.stats,
+        "fingerprint": fingerprint,
+        "libraries": library_versions(transform),
+        "images_bytes": (tmp_dir / "images.npy").stat().st_size,
+        "checksum_rows": CHECKSUM_ROWS,
+        "images_crc32": _checksums(images),
+    }
+    del images
+    result.images = None
+    with open(tmp_dir / "meta.json", "w") as f:
+        json.dump(meta, f)
+        f.flush()
+        os.fsync(f.fileno())
+    # Kept open across the rename (same file): the pixels to fall back on if the published entry
+    # is another process's and that one is damaged.
+    own = np.load(tmp_dir / "images.npy", mmap_mode="r")
     try:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(work, range(n)))
-        bad.sort()
-        stats = transform_stats() if transform_stats is not None else {}
-        result = DecodedImages(images, sha, dh, bad, stats=stats)
-        if mode == "disk" and not bad:
-            assert tmp_dir is not None and folder is not None
-            images.flush()
-            del images
-            (tmp_dir / "meta.json").write_text(
-                json.dumps(
-                    {"n": n, "size": size, "sha256": sha, "dhash": [int(x) for x in dh], "stats": stats}
-                )
-            )
-            # Another process (a DDP rank, a parallel job) may have finished first: keep its copy.
-            with contextlib.suppress(OSError):
-                os.rename(tmp_dir, folder)
-            loaded = _load(folder, n)
-            if loaded is None:
-                raise DataError(f"the decoded-image cache at {folder} could not be read back")
-            result = loaded
-            result.from_cache = False
-        elif mode == "disk":
-            # Not cached while files are bad (the next run must see them again); keep the pixels.
-            result.images = np.array(images)
-    finally:
-        if tmp_dir is not None:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-    result.seconds = time.perf_counter() - start
-    log.info("decoded %d images at %d px in %.1f s (%d unreadable)", n, size, result.seconds, len(bad))
+        os.rename(tmp_dir, folder)
+    except OSError:
+        # Another process (a DDP rank, a parallel job) finished first: use its copy.
+        loaded = _load(folder, key, result.sha256, size)
+        if loaded is not None:
+            loaded.from_cache = False
+            return loaded
+        log.warning("the decoded-image cache %s could not be replaced: using this run's pixels", folder)
+    result.images = own
     return result
 
 
-def _load(folder: Path, n: int) -> DecodedImages | None:
-    meta_path = folder / "meta.json"
+class _Damaged(Exception):
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _load(folder: Path, key: str, sha256: Sequence[str], size: int) -> DecodedImages | None:
+    """The entry at ``folder`` if it is whole and holds these files' pixels; a damaged one is logged
+    and removed (the caller rebuilds it)."""
+    if not folder.exists():
+        return None
+    try:
+        return _read_entry(folder, key, sha256, size)
+    except _Damaged as exc:
+        log.warning("decoded-image cache entry damaged, rebuilding it: %s (%s)", exc.path, exc.reason)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def _read_entry(folder: Path, key: str, sha256: Sequence[str], size: int) -> DecodedImages:
+    meta_path, npy = folder / "meta.json", folder / "images.npy"
     if not meta_path.is_file():
-        return None
-    meta = json.loads(meta_path.read_text())
-    if meta.get("n") != n:
-        return None
-    images = np.load(folder / "images.npy", mmap_mode="r")
+        raise _Damaged(folder, "no meta.json: its write never finished")
+    try:
+        meta: Any = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _Damaged(meta_path, f"unreadable metadata: {exc}") from exc
+    n = len(sha256)
+    expected = {"key": key, "n": n, "size": size, "sha256": list(sha256), "checksum_rows": CHECKSUM_ROWS}
+    wrong = (
+        [k for k, v in expected.items() if meta.get(k) != v]
+        if isinstance(meta, dict)
+        else ["(not an object)"]
+    )
+    if not wrong and not (
+        isinstance(meta.get("dhash"), list)
+        and len(meta["dhash"]) == n
+        and isinstance(meta.get("images_bytes"), int)
+        and isinstance(meta.get("images_crc32"), list)
+        and isinstance(meta.get("stats", {}), dict)
+    ):
+        wrong = ["dhash/images_bytes/images_crc32/stats"]
+    if wrong:
+        raise _Damaged(meta_path, f"metadata does not match this entry: {', '.join(wrong)}")
+    try:
+        actual = npy.stat().st_size
+    except OSError as exc:
+        raise _Damaged(npy, f"missing: {exc}") from exc
+    if actual != meta["images_bytes"]:
+        raise _Damaged(npy, f"{actual} bytes, expected {meta['images_bytes']} (truncated or overwritten)")
+    try:
+        images = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise _Damaged(npy, f"unreadable header: {exc}") from exc
+    if images.dtype != np.uint8 or images.shape != (n, size, size, 3):
+        raise _Damaged(npy, f"holds {images.dtype} {images.shape}, expected uint8 {(n, size, size, 3)}")
+    if _checksums(images) != meta["images_crc32"]:
+        raise _Damaged(npy, "pixel checksum mismatch (overwritten or never finished)")
     return DecodedImages(
         images,
-        meta["sha256"],
+        list(sha256),
         np.asarray(meta["dhash"], dtype=np.uint64),
         [],
         from_cache=True,
         stats=meta.get("stats", {}),
     )
+
+
+def _remove_stale_temps(root: Path) -> None:
+    """Remove the temporary folders that writers on this machine left when they died mid-write
+    (named ``.tmp_<host>_<pid>_…``; a live process's, and other machines', are left alone)."""
+    prefix = f"{_TMP_PREFIX}{socket.gethostname()}_"
+    if not root.is_dir():
+        return
+    for path in root.glob(f"{prefix}*"):
+        pid = path.name[len(prefix) :].split("_", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            log.info("removing a dead writer's temporary cache folder %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+# --------------------------------------------------------------------------- per-lesion patches
+@dataclass
+class DecodedPatches:
+    """Several patches per image (ALDL's lesion crops): a flat P×size×size×3 uint8 array and, per
+    patch, the index of its image (``owner``, non-decreasing: an image's patches are contiguous)."""
+
+    images: np.ndarray
+    owner: np.ndarray
+    from_cache: bool = False
+    seconds: float = 0.0
+    stats: dict = field(default_factory=dict)
+
+
+def decode_patches(
+    paths: Sequence[str],
+    size: int,
+    transform: Any,
+    *,
+    sha256: Sequence[str],
+    mode: str = "memory",
+    cache_dir: str | Path | None = None,
+    source_key: str = "",
+    transform_key: str = "",
+    transform_stats: Callable[[], dict] | None = None,
+    num_threads: int | None = None,
+) -> DecodedPatches:
+    """Every patch that ``transform.patches(image)`` gives for each image of ``paths``, resized
+    to ``size``, kept in RAM (``mode="memory"``) or in a disk entry beside ``decode_all``'s
+    (``mode="disk"``: ``patches.npy`` + ``owner.npy``, keyed and checked as those are).
+
+    ``sha256``: the files' hashes (from ``decode_all``), which key the disk entry.
+    """
+    if mode not in ("memory", "disk"):
+        raise ValueError(
+            f"per-lesion patches are decoded once and cached: data.cache=memory or disk, not '{mode}'"
+        )
+    if len(sha256) != len(paths):
+        raise ValueError(f"sha256 has {len(sha256)} hashes for {len(paths)} paths")
+    start = time.perf_counter()
+    threads = num_threads or min(8, os.cpu_count() or 1)
+    root = folder = key = None
+    fingerprint = code_fingerprint(transform)
+    if mode == "disk":
+        if cache_dir is None:
+            raise ValueError("data.cache=disk needs data.cache_dir")
+        root = Path(cache_dir).expanduser()
+        _remove_stale_temps(root)
+        # "patches|" keeps this entry apart from decode_all's, whose folder holds one image per file.
+        key = _cache_key(source_key, sha256, size, f"patches|{transform_key}", fingerprint)
+        folder = root / key
+        loaded = _load_patches(folder, key, sha256, size)
+        if loaded is not None:
+            loaded.seconds = time.perf_counter() - start
+            log.info(
+                "lesion patches: cache hit %s (%d images, %d patches, %.1f s)",
+                folder,
+                len(paths),
+                len(loaded.owner),
+                loaded.seconds,
+            )
+            return loaded
+
+    per_image: list[list[np.ndarray] | None] = [None] * len(paths)
+    bad: list[tuple[str, str]] = []
+
+    def work(i: int) -> None:
+        try:
+            im = open_rgb(paths[i])
+            per_image[i] = [resize_rgb(Image.fromarray(p), size) for p in transform.patches(np.asarray(im))]
+        except (OSError, ValueError) as exc:
+            bad.append((paths[i], str(exc)))
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(work, range(len(paths))))
+    if bad:
+        raise BadImagesError(sorted(bad))
+    counts = np.array([len(p or ()) for p in per_image], dtype=np.int64)
+    owner = np.repeat(np.arange(len(paths), dtype=np.int64), counts)
+    stats = transform_stats() if transform_stats is not None else {}
+    shape = (int(counts.sum()), size, size, 3)
+    tmp_dir = None
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(
+            tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{socket.gethostname()}_{os.getpid()}_", dir=root)
+        )
+    try:
+        images = (
+            np.lib.format.open_memmap(tmp_dir / "patches.npy", mode="w+", dtype=np.uint8, shape=shape)
+            if tmp_dir is not None
+            else np.empty(shape, dtype=np.uint8)
+        )
+        row = 0
+        for i, patches in enumerate(per_image):
+            for patch in patches or ():
+                images[row] = patch
+                row += 1
+            per_image[i] = None  # freed as it is copied: the peak stays near one copy
+        result = DecodedPatches(images, owner, stats=stats)
+        if tmp_dir is not None:
+            assert folder is not None and key is not None
+            result = _publish_patches(result, tmp_dir, folder, key, sha256, fingerprint, transform)
+    finally:
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    result.seconds = time.perf_counter() - start
+    log.info(
+        "lesion patches: %d from %d images at %d px in %.1f s", len(owner), len(paths), size, result.seconds
+    )
+    return result
+
+
+def _publish_patches(
+    result: DecodedPatches,
+    tmp_dir: Path,
+    folder: Path,
+    key: str,
+    sha256: Sequence[str],
+    fingerprint: str,
+    transform: object,
+) -> DecodedPatches:
+    """As ``_publish``: the metadata last, then one rename (another writer's entry wins a race)."""
+    images = result.images
+    assert isinstance(images, np.memmap)
+    images.flush()
+    np.save(tmp_dir / "owner.npy", result.owner)
+    meta = {
+        "key": key,
+        "n": len(sha256),
+        "n_patches": len(result.owner),
+        "size": images.shape[1],
+        "sha256": list(sha256),
+        "stats": result.stats,
+        "fingerprint": fingerprint,
+        "libraries": library_versions(transform),
+        "patches_bytes": (tmp_dir / "patches.npy").stat().st_size,
+        "checksum_rows": CHECKSUM_ROWS,
+        "patches_crc32": _checksums(images),
+        "owner_crc32": zlib.crc32(np.ascontiguousarray(result.owner).data),
+    }
+    del images
+    with open(tmp_dir / "meta.json", "w") as f:
+        json.dump(meta, f)
+        f.flush()
+        os.fsync(f.fileno())
+    own = np.load(tmp_dir / "patches.npy", mmap_mode="r")
+    try:
+        os.rename(tmp_dir, folder)
+    except OSError:
+        loaded = _load_patches(folder, key, sha256, meta["size"])
+        if loaded is not None:
+            loaded.from_cache = False
+            return loaded
+        log.warning("the lesion-patch cache %s could not be replaced: using this run's patches", folder)
+    return DecodedPatches(own, result.owner, stats=result.stats)
+
+
+def _load_patches(folder: Path, key: str, sha256: Sequence[str], size: int) -> DecodedPatches | None:
+    if not folder.exists():
+        return None
+    try:
+        return _read_patches(folder, key, sha256, size)
+    except _Damaged as exc:
+        log.warning("lesion-patch cache entry damaged, rebuilding it: %s (%s)", exc.path, exc.reason)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def _read_patches(folder: Path, key: str, sha256: Sequence[str], size: int) -> DecodedPatches:
+    meta_path, npy, owner_npy = folder / "meta.json", folder / "patches.npy", folder / "owner.npy"
+    if not meta_path.is_file():
+        raise _Damaged(folder, "no meta.json: its write never finished")
+    try:
+        meta: Any = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _Damaged(meta_path, f"unreadable metadata: {exc}") from exc
+    expected = {
+        "key": key,
+        "n": len(sha256),
+        "size": size,
+        "sha256": list(sha256),
+        "checksum_rows": CHECKSUM_ROWS,
+    }
+    if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in expected.items()):
+        raise _Damaged(meta_path, "metadata does not match this entry")
+    try:
+        if npy.stat().st_size != meta.get("patches_bytes"):
+            raise _Damaged(npy, "truncated or overwritten")
+        images = np.load(npy, mmap_mode="r")
+        owner = np.load(owner_npy)
+    except (OSError, ValueError) as exc:
+        raise _Damaged(folder, f"unreadable: {exc}") from exc
+    n_patches = meta.get("n_patches")
+    if images.dtype != np.uint8 or images.shape != (n_patches, size, size, 3) or owner.shape != (n_patches,):
+        raise _Damaged(
+            npy, f"holds {images.dtype} {images.shape} and {owner.shape} owners, expected {n_patches}"
+        )
+    if zlib.crc32(np.ascontiguousarray(owner).data) != meta.get("owner_crc32") or _checksums(
+        images
+    ) != meta.get("patches_crc32"):
+        raise _Damaged(folder, "checksum mismatch (overwritten or never finished)")
+    return DecodedPatches(images, owner.astype(np.int64), from_cache=True, stats=meta.get("stats", {}))

@@ -26,6 +26,35 @@ def _group_labels(labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, n
     return ids, sizes, counts.argmax(axis=1)
 
 
+def _place_class(sizes: np.ndarray, frac: np.ndarray, rng: np.random.Generator) -> np.ndarray | int:
+    """The part index of each group of one class (see ``stratified_group_assign``), or the index of
+    a part that no group can be given to."""
+    order = list(rng.permutation(len(sizes)))
+    target = frac * sizes.sum()
+    part = np.empty(len(sizes), dtype=np.int64)
+    dealt = np.zeros(len(frac))
+    # One group to each part first, so that no part is left without the class: the smallest part
+    # first, each taking the first group in the order that its target would round up to (a group
+    # at most twice the target), so a 5 % part is not handed a third of a tiny class.
+    for k in np.argsort(target, kind="stable"):
+        fits = [i for i, m in enumerate(order) if sizes[m] <= 2 * target[k]]
+        if not fits:
+            return int(k)
+        m = order.pop(fits[0])
+        part[m] = k
+        dealt[k] = sizes[m]
+    rest = np.array(order, dtype=np.int64)
+    if len(rest) == 0:
+        return part
+    # The rest laid end to end and cut where each part's room ends; a group goes to the part that
+    # holds its middle. Rooms sum to the remaining length unless a dealt group overfilled its part.
+    room = np.clip(target - dealt, 0, None)
+    bounds = np.cumsum(room) * (sizes[rest].sum() / room.sum())
+    middles = np.cumsum(sizes[rest]) - sizes[rest] / 2
+    part[rest] = np.minimum(np.searchsorted(bounds, middles, side="right"), len(frac) - 1)
+    return part
+
+
 def stratified_group_assign(
     labels: np.ndarray,
     groups: np.ndarray,
@@ -35,9 +64,18 @@ def stratified_group_assign(
 ) -> np.ndarray:
     """Assign images to the named parts in ``fractions`` (summing to 1), per class, by whole groups.
 
-    Within each class the groups are shuffled with ``seed`` and the larger groups placed first;
-    each group goes to the part furthest below its target, so parts end within a group's size of
-    their targets. A part with a positive fraction that would get no image of some class is an error.
+    Within each class the groups are taken in a seeded random order, with no sort by size (a size
+    sort lets the seed reorder only equal-sized groups, so the large ones, duplicate pairs or whole
+    subjects, would land in the same part for every seed). First each part is dealt one group, the
+    first in the order that is at most twice its target; the rest are laid end to end and cut at
+    the parts' remaining targets, each group going to the part that holds its middle: the naive
+    shuffle-and-cut split, at the group level. Where every group fits every part, neither step
+    looks at a group's size, so a group of any size reaches each part as often as a single image.
+
+    Tolerance, per class: when no group is larger than the smallest part's target, every part ends
+    within half a group of its target at each of its two cuts, so within the class's largest group.
+    A part with a positive fraction that can get no image of some class (fewer groups than parts,
+    or a target under half of every group left) is an error.
     """
     labels = np.asarray(labels)
     groups = np.asarray(groups)
@@ -48,23 +86,17 @@ def stratified_group_assign(
     group_part = {}
     for c in np.unique(glabel):
         members = np.flatnonzero(glabel == c)
-        members = members[rng.permutation(len(members))]
-        members = members[np.argsort(-sizes[members], kind="stable")]
-        target = frac * sizes[members].sum()
-        filled = np.zeros(len(names))
-        for m in members:
-            # The part with the most room left; ties go to the earlier part.
-            k = int(np.argmax(target - filled))
-            filled[k] += sizes[m]
+        placed = _place_class(sizes[members], frac, rng)
+        if isinstance(placed, int):
+            cname = class_names[c] if class_names else str(c)
+            total = int(sizes[members].sum())
+            raise DataError(
+                f"the split leaves '{names[placed]}' without any image of class '{cname}' "
+                f"({total} images in {len(members)} groups; its target is {frac[placed] * total:.2g} "
+                f"images, and no group is left that rounds to it); change the split ratios or add data"
+            )
+        for m, k in zip(members, placed, strict=True):
             group_part[ids[m]] = names[k]
-        for k, name in enumerate(names):
-            if filled[k] == 0:
-                cname = class_names[c] if class_names else str(c)
-                raise DataError(
-                    f"the split leaves '{name}' without any image of class '{cname}' "
-                    f"({int(sizes[members].sum())} images in {len(members)} groups); "
-                    "change the split ratios or add data"
-                )
     return np.array([group_part[g] for g in groups], dtype=object)
 
 
@@ -126,7 +158,12 @@ class TrainTestSplit:
 
 class KFoldSplit:
     """Stratified group k-fold cross-validation: fold ``fold_index`` is the test part, the rest is
-    training data, of which ``val`` (a fraction) is held out for validation."""
+    training data, of which ``val`` (a fraction) is held out for validation.
+
+    The folds are k equal parts placed by ``stratified_group_assign``, not by sklearn's
+    ``StratifiedGroupKFold``: that one sorts groups by the spread of their class counts (for a
+    one-class group, its size) after shuffling, so the seed reorders only equal-sized groups.
+    """
 
     def __init__(self, k: int = 5, fold_index: int = 0, val: float = 0.1) -> None:
         if k < 2:
@@ -140,20 +177,23 @@ class KFoldSplit:
     def assign(
         self, labels: np.ndarray, groups: np.ndarray, seed: int, class_names: list[str] | None = None
     ) -> np.ndarray:
-        from sklearn.model_selection import StratifiedGroupKFold
-
         if not 0 <= self.fold_index < self.k:
             raise DataError(
                 f"data.fold_index={self.fold_index} is out of range for {self.k}-fold (0…{self.k - 1})"
             )
         labels = np.asarray(labels)
         groups = np.asarray(groups)
-        folds = StratifiedGroupKFold(n_splits=self.k, shuffle=True, random_state=seed)
-        train_idx, test_idx = list(folds.split(np.zeros(len(labels)), labels, groups))[self.fold_index]
+        # The folds depend on the seed only, never on fold_index, so a seed's k runs test every
+        # image exactly once.
+        folds = stratified_group_assign(
+            labels, groups, {f"fold {i}": 1 / self.k for i in range(self.k)}, seed, class_names
+        )
+        test = folds == f"fold {self.fold_index}"
         out = np.empty(len(labels), dtype=object)
-        out[test_idx] = "test"
+        out[test] = "test"
+        train_idx = np.flatnonzero(~test)
         inner = {"train": 1 - self.val, "val": self.val}
-        # A different stream from the fold shuffling, so the validation part is not tied to the folds.
+        # A different stream from the fold placement, so the validation part is not tied to the folds.
         out[train_idx] = stratified_group_assign(
             labels[train_idx], groups[train_idx], inner, seed + 1, class_names
         )

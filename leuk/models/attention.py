@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import nn
 
+_POOLS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "avg": lambda x: x.mean(dim=(2, 3), keepdim=True),
+    "max": lambda x: x.amax(dim=(2, 3), keepdim=True),
+}
+
 
 class ChannelAttention(nn.Module):
-    """σ(MLP(avgpool(x)) + MLP(maxpool(x))) per channel, the MLP shared by both descriptors."""
+    """σ(Σ_pool MLP(pool(x))) per channel, one MLP (C → C/r → C, ReLU) shared by the descriptors.
 
-    def __init__(self, channels: int, reduction: int = 16) -> None:
+    ``pools=("avg",)`` is ALDL's Eq. 17, M_c(F) = σ(MLP(AvgPool(F))); ``("avg", "max")`` is
+    Woo et al.'s CBAM, which adds the max-pooled descriptor through the same MLP.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, pools: Sequence[str] = ("avg",)) -> None:
         super().__init__()
+        pools = tuple(pools)
+        if not pools or any(p not in _POOLS for p in pools) or len(set(pools)) != len(pools):
+            raise ValueError(
+                f"CBAM channel_pools must be distinct values of {sorted(_POOLS)}, got {list(pools)}"
+            )
+        if reduction < 1:
+            raise ValueError(f"CBAM reduction must be >= 1, got {reduction}")
+        self.pools = pools
         # Early stages are narrow (16–24 channels): keep at least one hidden unit.
         hidden = max(channels // reduction, 1)
         self.mlp = nn.Sequential(
@@ -18,9 +37,7 @@ class ChannelAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = self.mlp(x.mean(dim=(2, 3), keepdim=True))
-        mx = self.mlp(x.amax(dim=(2, 3), keepdim=True))
-        return torch.sigmoid(avg + mx)
+        return torch.sigmoid(sum(self.mlp(_POOLS[p](x)) for p in self.pools))
 
 
 class SpatialAttention(nn.Module):
@@ -40,9 +57,15 @@ class SpatialAttention(nn.Module):
 class CBAM(nn.Module):
     """x' = M_c(x) ⊙ x, then x'' = M_s(x') ⊙ x' (same shape as the input)."""
 
-    def __init__(self, channels: int, reduction: int = 16, spatial_kernel: int = 7) -> None:
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 16,
+        spatial_kernel: int = 7,
+        channel_pools: Sequence[str] = ("avg",),
+    ) -> None:
         super().__init__()
-        self.channel = ChannelAttention(channels, reduction)
+        self.channel = ChannelAttention(channels, reduction, channel_pools)
         self.spatial = SpatialAttention(spatial_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

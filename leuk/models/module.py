@@ -26,7 +26,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from leuk.metrics import classification_metrics
-from leuk.models.registry import create_model
+from leuk.models.registry import backbone_phase_parameters, create_model
 
 
 def _plain(cfg: Any) -> Any:
@@ -155,11 +155,12 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.criterion(logits, y)
-        if stage == "train":
-            # Architecture-specific penalties (e.g. MobileNet_M's L1 on its dense weights).
-            extra = getattr(self.net, "regularization_loss", None)
-            if callable(extra):
-                loss = loss + extra()
+        # Architecture-specific penalties (e.g. MobileNet_M's L1 on its dense weights), in every
+        # stage: Keras's val_loss includes them, and early stopping and the plateau schedule of
+        # the papers that use them watch that loss.
+        extra = getattr(self.net, "regularization_loss", None)
+        if callable(extra):
+            loss = loss + extra()
         probs = logits.detach().float().softmax(dim=1)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(probs, y)
@@ -255,17 +256,13 @@ class Classifier(L.LightningModule):
             raise ValueError("model.freeze_backbone_epochs and model.backbone_lr_scale must be >= 0")
         if self.freeze_backbone_epochs == 0 and self.backbone_lr_scale == 1.0:
             return []
-        backbone = getattr(self.net, "backbone", None)
-        if not isinstance(backbone, nn.Module):
+        if not isinstance(getattr(self.net, "backbone", None), nn.Module):
             raise ValueError(
                 f"model '{self.model_name}' has no `backbone` to freeze or give its own learning rate: "
                 "set model.freeze_backbone_epochs=0 and model.backbone_lr_scale=1.0"
             )
-        get_classifier = getattr(backbone, "get_classifier", None)
-        classifier = get_classifier() if callable(get_classifier) else None
-        head = {id(p) for p in classifier.parameters()} if isinstance(classifier, nn.Module) else set()
-        ids = {id(p) for p in backbone.parameters() if p.requires_grad and id(p) not in head}
-        return [n for n, p in self.named_parameters() if id(p) in ids]
+        # The same parameters leuk.models.registry.check_weights_policy checks for random weights.
+        return [f"net.{n}" for n in backbone_phase_parameters(self.net)]
 
     @property
     def backbone_frozen(self) -> bool:

@@ -4,9 +4,11 @@ x → EfficientNetV2-B0 features (timm ``tf_efficientnetv2_b0``, 1280 channels, 
 concat(1×1 conv; 1×1 → 3×3 conv; 1×1 → 5×5 conv; 3×3 max-pool → 1×1 conv) → GAP → dropout → FC.
 
 Every branch keeps the spatial size ("same" padding, stride 1), so the module works at any input
-size. The paper trains in two phases: the backbone frozen first, then fine-tuned at a lower
-learning rate; that schedule is the LightningModule's (``model.freeze_backbone_epochs``,
-``model.backbone_lr_scale``), reading ``self.backbone``.
+size. The paper keeps the (ImageNet) backbone frozen in its first training phase and fine-tunes it
+afterwards; that schedule is the LightningModule's (``model.freeze_backbone_epochs``,
+``model.backbone_lr_scale``), reading ``self.backbone``. The paper gives neither the branch widths,
+the length of the frozen phase, the fine-tuning learning rate nor the dropout: leuk's choices are
+listed in docs/deviations.md, MSEENet.
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ class MSEENet(nn.Module):
         self.num_features = self.inception.out_chans
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(self.num_features, num_classes)
+
+    def gradcam_layer(self) -> nn.Module:
+        """The whole Inception module: its output concatenates all four branches, the model's
+        representation before pooling (one branch alone would explain a fraction of it)."""
+        return self.inception
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.inception(self.backbone.forward_features(x))

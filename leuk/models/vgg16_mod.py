@@ -3,12 +3,14 @@
 The convolutional part is Keras's ``VGG16(include_top=False)``: 13 convolutions in five blocks, each
 ending in a 2×2 max-pool, 512 channels at ⌊size/32⌋ × ⌊size/32⌋ (9×9 at the paper's 300 px).
 Because the head flattens that map, its width depends on ``data.image_size``, which the framework
-passes in. The paper fine-tunes block1_conv1 … block4_conv3 and keeps block 5 at its ImageNet
-weights; ``trainable_blocks`` says which blocks train.
+passes in. The paper fine-tunes block1_conv1 … block4_conv3 of a pre-trained VGG16, so block 5
+keeps its ImageNet weights; ``trainable_blocks`` says which blocks train. A frozen block is only
+meaningful with weights (``model.pretrained`` or ``model.weights``): the weights policy
+(``leuk.models.registry.check_weights_policy``) refuses a run that would keep it random.
 
 Parameters at 300 px with 4 classes: 14,714,688 (convolutions) + 42,468,352 (dense 41,472 → 1024)
-+ 4,100 (FC) = 57,187,140, of which 50,107,716 train with block 5 frozen — the counts of the
-paper's Keras model.
++ 4,100 (FC) = 57,187,140, of which 50,107,716 train with block 5 (7,079,424) frozen: what Keras
+counts for the paper's description (the paper itself states no count).
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ class VGG16Mod(nn.Module):
             if isinstance(layer, nn.MaxPool2d):
                 blocks.append([])
         return [b for b in blocks if b]
+
+    def gradcam_layer(self) -> nn.Module:
+        """Block 5's output (its max-pool, Keras's block5_pool): every channel of the map the dense
+        head flattens."""
+        return self.conv_blocks()[-1][-1]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.features(x)

@@ -6,8 +6,10 @@ cytoplasm reaches x = 448 in UID_1_2_1_all and y = 49 in UID_11_1_2_all, so a fi
 cuts cells (a central 0.6 of the side cuts 12 of the 52, 0.8 cuts 2, even 0.95 cuts one) while
 leaving small cells small. The default is
 therefore the box of the non-black pixels, made square around its centre (no distortion), widened by
-``margin`` and padded with black where it leaves the image. ``mode: fraction`` is the fixed central
-crop (a side of ``fraction`` × the image's), for a literal reproduction.
+``margin`` and padded with black where it leaves the image. ``mode: center`` is the paper's reading
+(Sec. 3.2: cropped about the image's centre, keeping the whole cell): a square centred on the image,
+as small as holds the cell's box, widened by ``margin``. ``mode: fraction`` is a fixed central crop
+(a side of ``fraction`` × the image's).
 """
 
 from __future__ import annotations
@@ -53,21 +55,24 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
 
 
 class CellCenterCrop(Step):
-    """Crop the whole cell (``mode: bbox``) or a fixed central part (``mode: fraction``), resize."""
+    """Crop the whole cell (``mode: bbox`` centred on the cell, ``mode: center`` centred on the
+    image) or a fixed central part (``mode: fraction``), then resize."""
 
     name = "cnmc_center_crop"
 
     def __init__(
         self,
-        mode: Literal["bbox", "fraction"] = "bbox",
+        mode: Literal["bbox", "center", "fraction"] = "bbox",
         size: int = 224,
         margin: float = 0.05,
         threshold: int = 10,
         min_area: int = 64,
         fraction: float = 0.8,
     ) -> None:
-        if mode not in ("bbox", "fraction"):
-            raise PreprocessConfigError(f"cnmc_center_crop.mode must be bbox or fraction; got {mode!r}")
+        if mode not in ("bbox", "center", "fraction"):
+            raise PreprocessConfigError(
+                f"cnmc_center_crop.mode must be bbox, center or fraction; got {mode!r}"
+            )
         if size < 16:
             raise PreprocessConfigError(f"cnmc_center_crop.size must be ≥ 16 px, got {size}")
         if not 0 <= margin <= 1:
@@ -91,12 +96,17 @@ class CellCenterCrop(Step):
         h, w = image.shape[:2]
         center = (h / 2, w / 2)
         side = round(self.params["fraction"] * min(h, w))
-        if self.params["mode"] == "bbox":
+        if self.params["mode"] in ("bbox", "center"):
             box = foreground_box(image, self.params["threshold"], self.params["min_area"])
             if box is not None:
                 top, left, bottom, right = box
-                center = ((top + bottom) / 2, (left + right) / 2)
-                side = round(max(bottom - top, right - left) * (1 + 2 * self.params["margin"]))
+                if self.params["mode"] == "bbox":
+                    center = ((top + bottom) / 2, (left + right) / 2)
+                    extent = max(bottom - top, right - left)
+                else:
+                    # The farthest box edge from the image's centre sets the half-side.
+                    extent = 2 * max(center[0] - top, bottom - center[0], center[1] - left, right - center[1])
+                side = round(extent * (1 + 2 * self.params["margin"]))
             else:
                 side = min(h, w)  # an all-black image: nothing to centre on, keep it whole
         return resize_square(square_crop(image, center, max(side, 1)), self.params["size"])

@@ -37,7 +37,8 @@ class AdditiveGaussianNoise(A.ImageOnlyTransform):
         image = data["image"] if "image" in data else data["images"][0]
         shape = image.shape if self.per_channel or image.ndim == 2 else (*image.shape[:-1], 1)
         scale = self.sigma if image.dtype == np.uint8 else self.sigma / 255.0
-        # The Compose's seeded generator: runs with the same seed get the same noise.
+        # The pipeline's one generator, which the training dataset reseeds for every sample from the
+        # run seed, epoch and position (leuk.data.dataset): same seed, same noise, any num_workers.
         return {"noise": self.random_generator.normal(0.0, scale, size=shape).astype(np.float32)}
 
     def apply(self, img: np.ndarray, noise: np.ndarray, **params: Any) -> np.ndarray:

@@ -16,9 +16,23 @@ from leuk.preprocess.base import PreprocessConfigError, PreprocessStep, check_im
 PREPROCESS_VERSION = 1
 
 
+def _run(steps: Sequence[PreprocessStep], image: np.ndarray) -> np.ndarray:
+    # A step that asks for it (ALDL's lesion crop, crop_from=original) also gets the pipeline's
+    # input: it segments what the steps before it made, and crops the original image.
+    original = image
+    for step in steps:
+        if getattr(step, "uses_original", False):
+            image = step.apply_with_original(image, original)  # type: ignore[attr-defined]
+        else:
+            image = step(image)
+    return image
+
+
 class PreprocessPipeline:
     """Steps applied in order; ``fit`` fits each step on the training images as the steps before it
-    leave them, so a fitted step learns from what it will actually receive."""
+    leave them, so a fitted step learns from what it will actually receive. A step with
+    ``uses_original`` true gets ``apply_with_original(image, original)``, ``original`` being the
+    image the pipeline was given."""
 
     def __init__(self, steps: Sequence[PreprocessStep] = ()) -> None:
         self.steps = list(steps)
@@ -43,9 +57,32 @@ class PreprocessPipeline:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         check_image(image, "preprocess")
-        for step in self.steps:
-            image = step(image)
-        return image
+        return _run(self.steps, image)
+
+    def per_lesion_step(self) -> int | None:
+        """The index of the step that gives several patches per image (``per_lesion``), or None."""
+        marked = [i for i, step in enumerate(self.steps) if getattr(step, "per_lesion", False)]
+        if len(marked) > 1:
+            raise PreprocessConfigError(f"preprocess.steps{marked}: only one step may set per_lesion")
+        return marked[0] if marked else None
+
+    @property
+    def per_lesion(self) -> bool:
+        """Whether a step gives several patches per image (ALDL's lesion crop, ``per_lesion: true``):
+        the data module then serves ``patches`` rather than one image per image."""
+        return self.per_lesion_step() is not None
+
+    def patches(self, image: np.ndarray) -> list[np.ndarray]:
+        """The per-lesion step's patches of ``image``, each through the steps after it (the whole
+        pipeline's single output, in a list, when no step is per-lesion)."""
+        check_image(image, "preprocess")
+        i = self.per_lesion_step()
+        if i is None:
+            return [_run(self.steps, image)]
+        step = self.steps[i]
+        before = _run(self.steps[:i], image)
+        patches = step.crops_with_original(before, image)  # type: ignore[attr-defined]
+        return [_run(self.steps[i + 1 :], patch) for patch in patches]
 
     def fit(self, images: Iterable[np.ndarray]) -> None:
         """Fit every step that needs it, on ``images`` (the training split only, by contract).
@@ -64,9 +101,7 @@ class PreprocessPipeline:
     @staticmethod
     def _through(images: Iterable[np.ndarray], steps: Sequence[PreprocessStep]) -> Iterator[np.ndarray]:
         for image in images:
-            for step in steps:
-                image = step(image)
-            yield image
+            yield _run(steps, image)
 
     def cache_key(self) -> str:
         """Readable key of every step's config and fitted state (``hash_key`` for a short one)."""
