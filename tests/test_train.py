@@ -140,6 +140,11 @@ def test_metrics_json_and_split_csv(tmp_path: Path) -> None:
     assert (split["split"] == "test").sum() == m["n_test"]
     assert (tmp_path / "csv" / "metrics.csv").is_file()
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    # The papers' metric variants (issue 13, defect 7), for validation and test alike.
+    for stage in ("val", "test"):
+        for key in ("weighted/precision", "weighted/recall", "weighted/f1", "auroc_hard"):
+            assert isinstance(m.get(f"{stage}/{key}"), float), f"{stage}/{key}"
+    assert "auroc_hard" in m["metric_definitions"]
 
 
 def test_resume_from_last_checkpoint(tmp_path: Path) -> None:

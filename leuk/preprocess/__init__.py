@@ -6,10 +6,9 @@ step interface.
 """
 
 from leuk.preprocess.base import NotFittedError, PreprocessConfigError, PreprocessStep
-from leuk.preprocess.pipeline import PREPROCESS_VERSION, PreprocessPipeline, build_preprocess
+from leuk.preprocess.pipeline import PreprocessPipeline, build_preprocess
 
 __all__ = [
-    "PREPROCESS_VERSION",
     "NotFittedError",
     "PreprocessConfigError",
     "PreprocessPipeline",

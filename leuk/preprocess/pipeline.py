@@ -12,9 +12,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from leuk.preprocess.base import PreprocessConfigError, PreprocessStep, check_image
 
-# Bump when a step's algorithm changes without a change of its config, so stale caches are not reused.
-PREPROCESS_VERSION = 1
-
 
 def _run(steps: Sequence[PreprocessStep], image: np.ndarray) -> np.ndarray:
     # A step that asks for it (ALDL's lesion crop, crop_from=original) also gets the pipeline's
@@ -104,8 +101,9 @@ class PreprocessPipeline:
             yield _run(steps, image)
 
     def cache_key(self) -> str:
-        """Readable key of every step's config and fitted state (``hash_key`` for a short one)."""
-        return f"preprocess-v{PREPROCESS_VERSION}[" + "|".join(s.cache_key() for s in self.steps) + "]"
+        """Readable key of every step's config and fitted state (``hash_key`` for a short one). A
+        change of a step's code needs no version here: the decode cache fingerprints the source."""
+        return "preprocess[" + "|".join(s.cache_key() for s in self.steps) + "]"
 
     def hash_key(self) -> str:
         """16 hex digits of ``cache_key()``, for a file name."""
