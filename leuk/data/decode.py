@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import imagehash
 import numpy as np
@@ -384,50 +384,72 @@ def _publish(
     return result
 
 
+EntryT = TypeVar("EntryT")
+
+
 class _Damaged(Exception):
     def __init__(self, path: Path, reason: str) -> None:
         self.path, self.reason = path, reason
         super().__init__(f"{path}: {reason}")
 
 
-def _load(folder: Path, key: str, sha256: Sequence[str], size: int) -> DecodedImages | None:
-    """The entry at ``folder`` if it is whole and holds these files' pixels; a damaged one is logged
-    and removed (the caller rebuilds it)."""
+def _load_entry(folder: Path, read: Callable[[Path], EntryT], what: str) -> EntryT | None:
+    """``read(folder)`` if the entry there is whole; a damaged one is logged and removed (the
+    caller rebuilds it)."""
     if not folder.exists():
         return None
     try:
-        return _read_entry(folder, key, sha256, size)
+        return read(folder)
     except _Damaged as exc:
-        log.warning("decoded-image cache entry damaged, rebuilding it: %s (%s)", exc.path, exc.reason)
+        log.warning("%s cache entry damaged, rebuilding it: %s (%s)", what, exc.path, exc.reason)
         shutil.rmtree(folder, ignore_errors=True)
         return None
 
 
-def _read_entry(folder: Path, key: str, sha256: Sequence[str], size: int) -> DecodedImages:
-    meta_path, npy = folder / "meta.json", folder / "images.npy"
+def _load(folder: Path, key: str, sha256: Sequence[str], size: int) -> DecodedImages | None:
+    """The entry at ``folder`` if it is whole and holds these files' pixels."""
+    return _load_entry(folder, lambda f: _read_entry(f, key, sha256, size), "decoded-image")
+
+
+def _read_meta(folder: Path, key: str, sha256: Sequence[str], size: int) -> tuple[Path, dict[str, Any]]:
+    """An entry's ``meta.json`` (written last, so its presence marks a finished write), checked
+    against the entry it should describe."""
+    meta_path = folder / "meta.json"
     if not meta_path.is_file():
         raise _Damaged(folder, "no meta.json: its write never finished")
     try:
         meta: Any = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _Damaged(meta_path, f"unreadable metadata: {exc}") from exc
-    n = len(sha256)
-    expected = {"key": key, "n": n, "size": size, "sha256": list(sha256), "checksum_rows": CHECKSUM_ROWS}
+    expected = {
+        "key": key,
+        "n": len(sha256),
+        "size": size,
+        "sha256": list(sha256),
+        "checksum_rows": CHECKSUM_ROWS,
+    }
     wrong = (
         [k for k, v in expected.items() if meta.get(k) != v]
         if isinstance(meta, dict)
         else ["(not an object)"]
     )
-    if not wrong and not (
+    if wrong:
+        raise _Damaged(meta_path, f"metadata does not match this entry: {', '.join(wrong)}")
+    return meta_path, meta
+
+
+def _read_entry(folder: Path, key: str, sha256: Sequence[str], size: int) -> DecodedImages:
+    npy = folder / "images.npy"
+    meta_path, meta = _read_meta(folder, key, sha256, size)
+    n = len(sha256)
+    if not (
         isinstance(meta.get("dhash"), list)
         and len(meta["dhash"]) == n
         and isinstance(meta.get("images_bytes"), int)
         and isinstance(meta.get("images_crc32"), list)
         and isinstance(meta.get("stats", {}), dict)
     ):
-        wrong = ["dhash/images_bytes/images_crc32/stats"]
-    if wrong:
-        raise _Damaged(meta_path, f"metadata does not match this entry: {', '.join(wrong)}")
+        raise _Damaged(meta_path, "metadata does not match this entry: dhash/images_bytes/images_crc32/stats")
     try:
         actual = npy.stat().st_size
     except OSError as exc:
@@ -633,33 +655,12 @@ def _publish_patches(
 
 
 def _load_patches(folder: Path, key: str, sha256: Sequence[str], size: int) -> DecodedPatches | None:
-    if not folder.exists():
-        return None
-    try:
-        return _read_patches(folder, key, sha256, size)
-    except _Damaged as exc:
-        log.warning("lesion-patch cache entry damaged, rebuilding it: %s (%s)", exc.path, exc.reason)
-        shutil.rmtree(folder, ignore_errors=True)
-        return None
+    return _load_entry(folder, lambda f: _read_patches(f, key, sha256, size), "lesion-patch")
 
 
 def _read_patches(folder: Path, key: str, sha256: Sequence[str], size: int) -> DecodedPatches:
-    meta_path, npy, owner_npy = folder / "meta.json", folder / "patches.npy", folder / "owner.npy"
-    if not meta_path.is_file():
-        raise _Damaged(folder, "no meta.json: its write never finished")
-    try:
-        meta: Any = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _Damaged(meta_path, f"unreadable metadata: {exc}") from exc
-    expected = {
-        "key": key,
-        "n": len(sha256),
-        "size": size,
-        "sha256": list(sha256),
-        "checksum_rows": CHECKSUM_ROWS,
-    }
-    if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in expected.items()):
-        raise _Damaged(meta_path, "metadata does not match this entry")
+    npy, owner_npy = folder / "patches.npy", folder / "owner.npy"
+    _, meta = _read_meta(folder, key, sha256, size)
     try:
         if npy.stat().st_size != meta.get("patches_bytes"):
             raise _Damaged(npy, "truncated or overwritten")
