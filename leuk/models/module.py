@@ -239,6 +239,11 @@ class Classifier(L.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Softmax probabilities (N×C) of a batch (already normalized by on_after_batch_transfer)."""
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(x).float().softmax(dim=1)
+
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
         self.test_confusion_matrix = self.test_confusion.compute().long().tolist()
