@@ -56,7 +56,7 @@ def _overrides(root: Path, *extra: str) -> list[str]:
         "experiment=aldl_paper",
         f"data.root={root}",
         f"data.image_size={SIZE}",
-        f"preprocess.steps.2.size={SIZE}",
+        f"preprocess.steps.lesion.size={SIZE}",
         "data.cache=memory",
         "data.num_workers=0",
         "data.persistent_workers=false",
@@ -146,7 +146,7 @@ def test_patches_cached_on_disk(smears: Path, tmp_path: Path) -> None:
 
 
 def test_single_crop_path_is_unchanged(smears: Path, tmp_path: Path) -> None:
-    dm = _datamodule(smears, tmp_path, "preprocess.steps.2.per_lesion=false")
+    dm = _datamodule(smears, tmp_path, "preprocess.steps.lesion.per_lesion=false")
     n_images = len(dm.records)
     assert dm.patch_owner is None
     assert sum(len(dm.dataset(s)) for s in ("train", "val", "test")) == n_images

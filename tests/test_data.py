@@ -33,7 +33,7 @@ def synthetic_folder(root: Path, n: int = 12) -> Path:
 def make_dm(root: Path, seed: int = 0, **kwargs) -> LeukDataModule:
     defaults = dict(image_size=32, batch_size=4, num_workers=0, cache="memory", seed=seed)
     defaults.update(kwargs)
-    return LeukDataModule(FolderSource(str(root)), RatioSplit(0.6, 0.2, 0.2), **defaults)
+    return LeukDataModule(FolderSource, RatioSplit(0.6, 0.2, 0.2), root=str(root), **defaults)
 
 
 # --------------------------------------------------------------------------- splits
@@ -105,7 +105,12 @@ def test_bad_ratios(ratios, message) -> None:
 def test_split_leaving_a_class_empty(tmp_path: Path) -> None:
     root = synthetic_folder(tmp_path, n=3)
     dm = LeukDataModule(
-        FolderSource(str(root)), RatioSplit(0.9, 0.05, 0.05), image_size=32, cache="memory", num_workers=0
+        FolderSource,
+        RatioSplit(0.9, 0.05, 0.05),
+        root=str(root),
+        image_size=32,
+        cache="memory",
+        num_workers=0,
     )
     with pytest.raises(DataError, match="without any image of class"):
         dm.setup()
@@ -228,10 +233,12 @@ def test_all_ratio_split_is_leakage_safe_and_stratified(all_dataset) -> None:
 
 
 def test_cache_timing_runs_each_setting(tmp_path: Path) -> None:
-    from leuk.data.timing import main as timing_main
+    from leuk.cli.timing import main as timing_main
 
     out = tmp_path / "timing.json"
-    assert timing_main([*TINY, f"paths.cache_dir={tmp_path}", "--epochs", "2", "--out", str(out)]) == 0
+    assert (
+        timing_main(["data", *TINY, f"paths.cache_dir={tmp_path}", "--epochs", "2", "--out", str(out)]) == 0
+    )
     result = json.loads(out.read_text())
     settings = result["settings"]
     assert len(settings) == 3

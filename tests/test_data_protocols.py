@@ -22,7 +22,7 @@ from tests.test_data import ALL_CLASSES, synthetic_folder
 def cnmc_dm(real_data: Path, **kwargs) -> LeukDataModule:
     args = dict(image_size=32, num_workers=0, cache="memory", fold=0, seed=3, near_duplicate_distance=None)
     args.update(kwargs)
-    return LeukDataModule(CNMCSource(str(real_data / "cnmc_sample")), RatioSplit(0.7, 0.1, 0.2), **args)
+    return LeukDataModule(CNMCSource, RatioSplit(0.7, 0.1, 0.2), root=str(real_data / "cnmc_sample"), **args)
 
 
 # --------------------------------------------------------------------------- C-NMC
@@ -103,28 +103,76 @@ def test_kfold_covers_every_image_once_as_test(tmp_path: Path) -> None:
     tests = []
     for k in range(5):
         dm = LeukDataModule(
-            FolderSource(str(root)), KFoldSplit(5), fold_index=k, image_size=32, cache="memory", num_workers=0
+            FolderSource,
+            KFoldSplit(5, fold_index=k),
+            root=str(root),
+            image_size=32,
+            cache="memory",
+            num_workers=0,
         )
         dm.setup()
         tests.append(set(dm.indices["test"].tolist()))
         assert len(dm.indices["val"]) > 0
     assert sum(len(t) for t in tests) == 60
     assert set().union(*tests) == set(range(60))
-    with pytest.raises(DataError, match="fold_index=5 is out of range"):
+    with pytest.raises(DataError, match=r"data.split.fold_index=5 is out of range"):
         LeukDataModule(
-            FolderSource(str(root)), KFoldSplit(5), fold_index=5, image_size=32, cache="memory"
+            FolderSource, KFoldSplit(5, fold_index=5), root=str(root), image_size=32, cache="memory"
         ).setup()
 
 
 def test_fold_index_needs_a_kfold_split(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="only used by k-fold"):
-        LeukDataModule(FolderSource(str(tmp_path)), RatioSplit(), fold_index=1)
+    # data.split.fold_index is the k-fold split's own key: a ratio split has none to set, and the
+    # DataModule has no fold_index to pass on.
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="fold_index"):
+        compose_config(["data=folder", f"data.root={tmp_path}", "data.split.fold_index=1"])
+    with pytest.raises(TypeError, match="fold_index"):
+        RatioSplit(fold_index=1)
+    with pytest.raises(TypeError, match="fold_index"):
+        LeukDataModule(FolderSource, RatioSplit(), root=str(tmp_path), fold_index=1)
+    cfg = compose_config(
+        ["data=folder", f"data.root={tmp_path}", "data/split=kfold", "data.split.fold_index=3"]
+    )
+    assert "fold_index" not in cfg.data and cfg.data.split.fold_index == 3
+
+
+def test_datamodule_builds_its_source_from_data_root_and_changes_nothing_given(tmp_path: Path) -> None:
+    """data.root is the one key of the folder: the source is built from it (no root patched into a
+    built source), and the split, augmentation and preprocessing handed in are not written to."""
+    from hydra.utils import instantiate
+
+    from leuk.preprocess import build_preprocess
+
+    root = synthetic_folder(tmp_path, n=15)
+    cfg = compose_config(["data=folder", f"data.root={root}", "data/split=kfold", "data.split.fold_index=2"])
+    assert "root" not in cfg.data.source
+    split = KFoldSplit(5, fold_index=2)
+    pipeline = build_preprocess({"clahe": {"_target_": "leuk.preprocess.clahe.Clahe"}})
+    marker = object()
+    dm = instantiate(
+        cfg.data, split=split, image_size=32, cache="memory", num_workers=0, train_transform=marker,
+        preprocess=pipeline,
+    )  # fmt: skip
+    assert isinstance(dm.source, FolderSource) and dm.source.root == str(root)
+    dm.setup()
+    assert dm.split is split and split.fold_index == 2 and vars(split) == vars(KFoldSplit(5, fold_index=2))
+    assert dm.train_transform is marker and dm.preprocess is pipeline and pipeline.names == ["clahe"]
+    assert len(dm.indices["test"]) == 12
+    with pytest.raises(DataError, match=r"data\.source must build the source from data\.root"):
+        LeukDataModule(FolderSource(str(root)), RatioSplit())
+    with pytest.raises(DataError, match=r"set data\.root"):
+        LeukDataModule(FolderSource, RatioSplit()).setup()
+    # The synthetic source generates its images under data.root too.
+    synthetic = compose_config(["data=synthetic", f"paths.cache_dir={tmp_path}/cache"])
+    assert synthetic.data.root == f"{tmp_path}/cache/synthetic" and "root" not in synthetic.data.source
 
 
 def test_train_test_split_with_and_without_validation(tmp_path: Path) -> None:
     root = synthetic_folder(tmp_path, n=20)
     dm = LeukDataModule(
-        FolderSource(str(root)), TrainTestSplit(0.3, 0.0), image_size=32, cache="memory", num_workers=0
+        FolderSource, TrainTestSplit(0.3, 0.0), root=str(root), image_size=32, cache="memory", num_workers=0
     )
     dm.setup()
     assert len(dm.indices["val"]) == 0 and not dm.has_val and dm.val_dataloader() == []
@@ -186,8 +234,9 @@ def test_oversample_weighted_sampler_and_class_weights(tmp_path: Path) -> None:
 
     def dm(balance: str) -> LeukDataModule:
         m = LeukDataModule(
-            FolderSource(str(root)),
+            FolderSource,
             RatioSplit(0.5, 0.25, 0.25),
+            root=str(root),
             image_size=32,
             cache="memory",
             num_workers=0,
@@ -221,7 +270,9 @@ def test_inspect_reports_duplicates(tmp_path: Path) -> None:
     shutil.copy(src, root / "Early" / "dup.png")
     (root / "Pre" / "broken.png").write_bytes(b"junk")
     cfg = compose_config(["data=folder", f"data.root={root}"], output_dir=tmp_path, config_name="inspect")
-    report = inspect_data(cfg.data)
+    from hydra.utils import instantiate
+
+    report = inspect_data(instantiate(cfg.data))
     assert report["n_images"] == 50
     assert len(report["exact_duplicate_pairs"]) == 1
     assert len(report["bad_files"]) == 1 and report["bad_files"][0]["path"].endswith("broken.png")

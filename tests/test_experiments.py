@@ -96,7 +96,8 @@ def test_sweep_parameters_reach_the_job_config(tmp_path) -> None:
     assert cfg.data.batch_size in (16, 32)
     folds = expand_jobs(compose_with_hydra(["sweep=aldl_kfold"]))
     cfg = compose_config(["sweep=aldl_kfold", *folds[3]], output_dir=tmp_path)
-    assert cfg.data.split._target_.endswith("KFoldSplit") and cfg.data.fold_index == 3
+    assert cfg.data.split._target_.endswith("KFoldSplit") and cfg.data.split.fold_index == 3
+    assert "fold_index" not in cfg.data
     assert cfg.model.name == "aldl"
 
 
@@ -105,7 +106,7 @@ def test_color_space_sweep_sets_the_color_space_step(tmp_path) -> None:
     spaces = set()
     for job in jobs:
         cfg = compose_config(["sweep=aldl_color_spaces", *job], output_dir=tmp_path)
-        step = cfg.preprocess.steps[2]  # ALDL's colour space is the segmentation's (the lesion crop)
+        step = cfg.preprocess.steps.lesion  # ALDL's colour space is the segmentation's (the lesion crop)
         assert step._target_.endswith("LesionCrop")
         spaces.add((step.space, cfg.data.split.test))
     assert spaces == {(s, t) for s in ("rgb", "hsv", "lab", "hed") for t in (0.3, 0.4)}

@@ -142,11 +142,12 @@ def _smear(h: int = 120, w: int = 160) -> np.ndarray:
 def test_paper_preprocess_converts_colour_space_only_for_segmentation(tmp_path: Path) -> None:
     for space in ("hsv", "lab", "hed"):
         cfg = compose_config(
-            ["experiment=aldl_paper", f"preprocess.steps.2.space={space}"], output_dir=tmp_path
+            ["experiment=aldl_paper", f"preprocess.steps.lesion.space={space}"], output_dir=tmp_path
         )
         pipeline = build_preprocess(cfg.preprocess.steps)
         assert [type(s).__name__ for s in pipeline.steps] == ["Clahe", "Reinhard", "LesionCrop"]
-        assert pipeline.steps[2].params["space"] == space
+        assert pipeline.names == ["clahe", "reinhard", "lesion"]
+        assert pipeline["lesion"].params["space"] == space
     image = _smear()
     step = LesionCrop(margin=0.0, size=32, space="hsv")
     top, left, bottom, right = step.find(image)
@@ -162,8 +163,8 @@ def test_colour_space_sweep_reaches_the_segmentation(tmp_path: Path) -> None:
     for job in jobs:
         cfg = compose_config(["sweep=aldl_color_spaces", *job], output_dir=tmp_path)
         steps = cfg.preprocess.steps
-        assert not any(s._target_.endswith("ColorSpace") for s in steps)
-        spaces.add((steps[2].space, cfg.data.split.test))
+        assert not any(s._target_.endswith("ColorSpace") for s in steps.values())
+        spaces.add((steps.lesion.space, cfg.data.split.test))
     assert spaces == {(s, t) for s in ("rgb", "hsv", "lab", "hed") for t in (0.3, 0.4)}
 
 
@@ -178,18 +179,25 @@ def test_every_segmentation_space_finds_the_stained_cells(space: str) -> None:
 def test_crop_comes_from_the_original_image() -> None:
     image = _smear()
     pipeline = PreprocessPipeline(
-        [Clahe(), Reinhard(), LesionCrop(margin=0.0, size=32, crop_from="original")]
+        {
+            "clahe": Clahe(),
+            "reinhard": Reinhard(),
+            "lesion": LesionCrop(margin=0.0, size=32, crop_from="original"),
+        }
     )
     pipeline.fit([image, np.ascontiguousarray(image[::-1])])
     out = pipeline(image)
-    enhanced = pipeline.steps[1](pipeline.steps[0](image))
-    box = pipeline.steps[2].find(enhanced)
+    enhanced = pipeline["reinhard"](pipeline["clahe"](image))
+    box = pipeline["lesion"].find(enhanced)
     top, left, bottom, right = box
-    np.testing.assert_array_equal(out, pipeline.steps[2].resize(image[top:bottom, left:right]))
+    np.testing.assert_array_equal(out, pipeline["lesion"].resize(image[top:bottom, left:right]))
     # crop_from: input keeps the crop of the enhanced image.
-    from_input = PreprocessPipeline([*pipeline.steps[:2], LesionCrop(margin=0.0, size=32, crop_from="input")])
+    from_input = PreprocessPipeline(
+        {"clahe": pipeline["clahe"], "reinhard": pipeline["reinhard"],
+         "lesion": LesionCrop(margin=0.0, size=32, crop_from="input")}
+    )  # fmt: skip
     np.testing.assert_array_equal(
-        from_input(image), pipeline.steps[2].resize(enhanced[top:bottom, left:right])
+        from_input(image), pipeline["lesion"].resize(enhanced[top:bottom, left:right])
     )
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from omegaconf import open_dict
+from omegaconf import OmegaConf
 from PIL import Image
 
+from leuk.cli.timing import run as timing_run
 from leuk.config import config_dir
 from leuk.config.schema import validate_train_config
 from leuk.config.validate import ConfigError
@@ -24,7 +25,6 @@ from leuk.preprocess.lesion import LesionCrop
 from leuk.preprocess.reinhard import Reinhard, lab_mean_std
 from leuk.preprocess.segmentation import watershed_cells
 from leuk.preprocess.timing import load_preprocess
-from leuk.preprocess.timing import main as timing_main
 from tests.helpers import TINY, compose_config
 
 PREPROCESS_OPTIONS = sorted(p.stem for p in (config_dir() / "preprocess").glob("*.yaml"))
@@ -76,42 +76,66 @@ def test_none_is_identity() -> None:
 @pytest.mark.parametrize(
     ("override", "setting"),
     [
-        ("preprocess.steps.2.threshold=0.5", "threshold"),
-        ("preprocess.steps.2.threshold=0.05", "threshold"),
-        ("preprocess.steps.0.clip_limit=0", "clip_limit"),
+        ("preprocess.steps.lesion.threshold=0.5", "threshold"),
+        ("preprocess.steps.lesion.threshold=0.05", "threshold"),
+        ("preprocess.steps.clahe.clip_limit=0", "clip_limit"),
     ],
 )
 def test_bad_value_fails_naming_the_setting(override: str, setting: str) -> None:
     cfg = compose_config(["preprocess=aldl", override])
     validate_train_config(cfg)  # the type is right: the range is the step's own check
-    with pytest.raises(PreprocessConfigError, match=rf"preprocess\.steps\[\d\] .*{setting}"):
+    with pytest.raises(PreprocessConfigError, match=rf"preprocess\.steps\.(lesion|clahe) .*{setting}"):
         build_preprocess(cfg.preprocess.steps)
 
 
 def test_unknown_colour_space_fails_naming_the_key() -> None:
-    # ALDL's colour space is that of the segmentation (step 2, the lesion crop).
-    cfg = compose_config(["preprocess=aldl", "preprocess.steps.2.space=xyz"])
-    with pytest.raises(ConfigError, match=r"preprocess\.steps\[2\]\.space"):
+    # ALDL's colour space is that of the segmentation (the step named lesion, the lesion crop).
+    cfg = compose_config(["preprocess=aldl", "preprocess.steps.lesion.space=xyz"])
+    with pytest.raises(ConfigError, match=r"preprocess\.steps\.lesion\.space"):
         validate_train_config(cfg)
-    with pytest.raises(PreprocessConfigError, match=r"preprocess\.steps\[2\].*space.*'xyz'"):
+    with pytest.raises(PreprocessConfigError, match=r"preprocess\.steps\.lesion .*space.*'xyz'"):
         build_preprocess(cfg.preprocess.steps)
 
 
 def test_misspelt_or_targetless_step_fails_validation() -> None:
-    cfg = compose_config(["preprocess=aldl", "+preprocess.steps.2.treshold=0.2"])
-    with pytest.raises(ConfigError, match=r"preprocess\.steps\[2\]\.treshold.*Did you mean 'threshold'"):
+    cfg = compose_config(["preprocess=aldl", "+preprocess.steps.lesion.treshold=0.2"])
+    with pytest.raises(ConfigError, match=r"preprocess\.steps\.lesion\.treshold.*Did you mean 'threshold'"):
         validate_train_config(cfg)
-    cfg = compose_config(["preprocess=clahe"])
-    with open_dict(cfg):
-        cfg.preprocess.steps.append({"clip_limit": 2.0})
-    with pytest.raises(ConfigError, match=r"preprocess\.steps\[1\]: expected a node with a _target_"):
+    cfg = compose_config(["preprocess=clahe", "+preprocess.steps.extra={clip_limit: 2.0}"])
+    with pytest.raises(ConfigError, match=r"preprocess\.steps\.extra: expected a node with a _target_"):
         validate_train_config(cfg)
+
+
+def test_steps_are_named_in_order_and_a_null_step_is_skipped() -> None:
+    cfg = compose_config(["preprocess=aldl", "preprocess.steps.reinhard=null"])
+    pipeline = build_preprocess(cfg.preprocess.steps)
+    assert pipeline.names == ["clahe", "lesion"]
+    assert [type(s).__name__ for s in pipeline.steps] == ["Clahe", "LesionCrop"]
+    assert pipeline.per_lesion_step() == "lesion"
+    with pytest.raises(KeyError, match="no preprocessing step 'reinhard'"):
+        pipeline["reinhard"]
+    # A checkpoint of main holds a list: its steps are named by position, as its keys were.
+    full = OmegaConf.to_container(compose_config(["preprocess=aldl"]).preprocess.steps)
+    old = build_preprocess(list(full.values()))
+    assert old.names == ["0", "1", "2"] and old.per_lesion_step() == "2"
+    assert [type(s) for s in old.steps] == [type(s) for s in build_preprocess(full).steps]
+    # Names are not part of the cache key: the cached pixels of a run of main stay valid.
+    assert build_preprocess(list(cfg.preprocess.steps.values())).cache_key() == pipeline.cache_key()
+    with pytest.raises(
+        PreprocessConfigError, match=r"preprocess\.steps\.a\.per_lesion, preprocess\.steps\.b"
+    ):
+        PreprocessPipeline(
+            {"a": LesionCrop(per_lesion=True), "b": LesionCrop(per_lesion=True)}
+        ).per_lesion_step()
+    with pytest.raises(PreprocessConfigError, match="expected a mapping"):
+        build_preprocess("clahe")
 
 
 def test_colour_space_sweep_override_reaches_the_step() -> None:
-    cfg = compose_config(["preprocess=aldl", "preprocess.steps.2.space=hsv"])
+    cfg = compose_config(["preprocess=aldl", "preprocess.steps.lesion.space=hsv"])
     pipeline = build_preprocess(cfg.preprocess.steps)
-    assert pipeline.steps[2].params["space"] == "hsv"
+    assert pipeline["lesion"].params["space"] == "hsv"
+    assert pipeline.names == ["clahe", "reinhard", "lesion"]
 
 
 # ------------------------------------------------------------------ stain normalisation
@@ -145,9 +169,11 @@ def test_reinhard_reference_is_from_the_fit_images_only(set_a, set_b) -> None:
 def test_reinhard_reference_image(set_a, tmp_path: Path) -> None:
     path = tmp_path / "ref.png"
     Image.fromarray(set_a[3]).save(path)
-    step = build_preprocess([{"_target_": "leuk.preprocess.reinhard.Reinhard", "reference": str(path)}])
+    step = build_preprocess(
+        {"reinhard": {"_target_": "leuk.preprocess.reinhard.Reinhard", "reference": str(path)}}
+    )
     assert not step.needs_fit
-    np.testing.assert_allclose(step.steps[0].target_mean, lab_mean_std(set_a[3])[0])
+    np.testing.assert_allclose(step["reinhard"].target_mean, lab_mean_std(set_a[3])[0])
     with pytest.raises(PreprocessConfigError, match="reference"):
         Reinhard(reference=str(tmp_path / "missing.png"))
 
@@ -186,7 +212,7 @@ def test_pipeline_fits_each_step_on_what_the_steps_before_it_leave(set_a) -> Non
 def test_pipeline_cache_key_follows_config_and_stats_are_named(set_a) -> None:
     key = build_preprocess(compose_config(["preprocess=clahe"]).preprocess.steps).cache_key()
     other = build_preprocess(
-        compose_config(["preprocess=clahe", "preprocess.steps.0.tile_grid=4"]).preprocess.steps
+        compose_config(["preprocess=clahe", "preprocess.steps.clahe.tile_grid=4"]).preprocess.steps
     )
     assert other.cache_key() != key and len(other.hash_key()) == 16
     pipeline = PreprocessPipeline([LesionCrop(size=32), LesionCrop(size=32, threshold="otsu")])
@@ -220,7 +246,7 @@ def test_pipeline_takes_any_step_with_the_interface(set_a) -> None:
     pipeline = PreprocessPipeline([_Invert(), Clahe()])
     assert pipeline(set_a[0]).shape == set_a[0].shape
     assert pipeline.stats() == {} and "invert|clahe" in pipeline.cache_key()
-    with pytest.raises(TypeError, match=r"steps\[0\].*cache_key"):
+    with pytest.raises(TypeError, match=r"preprocess\.steps\.0: .*cache_key"):
         PreprocessPipeline([lambda image: image])
 
 
@@ -406,8 +432,8 @@ def test_cell_crop_on_real_cnmc_sample(real_data: Path) -> None:
 def test_timing_helper(tmp_path: Path) -> None:
     for i, image in enumerate(synthetic(2, seed=5, size=64)):
         Image.fromarray(image).save(tmp_path / f"{i}.png")
-    args = ["--preprocess", "aldl", "--n", "4", "--fit", "4", "--set", "steps.2.size=32"]
-    result = timing_main([*args, "--images", str(tmp_path / "*.png")])
+    args = ["--preprocess", "aldl", "--n", "4", "--fit", "4", "--set", "steps.lesion.size=32"]
+    result = timing_run(["preprocess", *args, "--images", str(tmp_path / "*.png")])
     assert result.n_images == 4 and result.n_fit_images == 4 and result.preprocess_ms_per_image > 0
     assert result.stats["lesion_crop.images"] == 4
 
@@ -427,6 +453,6 @@ def test_training_run_preprocesses_and_keeps_its_steps(tmp_path: Path) -> None:
     assert again["preprocess"] == first["preprocess"]
 
     module = Classifier.from_checkpoint(first["best_checkpoint"])
-    assert module.hparams.preprocess_steps[0]["_target_"].endswith("Reinhard")
+    assert module.hparams.preprocess_steps["reinhard"]["_target_"].endswith("Reinhard")
     pipeline = preprocess_for_run(tmp_path / "a", load_split(tmp_path / "a"), module)
     assert pipeline is not None and pipeline.cache_key() == first["preprocess"]

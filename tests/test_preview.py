@@ -1,4 +1,5 @@
-"""``leuk.data.preview`` writes its grid, with the lesion columns when the pipeline crops lesions."""
+"""``leuk.cli.preview`` (``leuk.data.preview``) writes its grid, with the lesion columns when the
+pipeline crops lesions."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from leuk.data.preview import preview
+from leuk.cli.preview import preview
 from tests.helpers import TINY, compose_config
 
 

@@ -191,8 +191,9 @@ def test_all_duplicate_groups_reach_test(all_groups_small) -> None:
 # --------------------------------------------------------------------------- C-NMC sample
 def _cnmc(real_data: Path, seed: int, group_subjects: bool, fold: int | None = 0) -> LeukDataModule:
     dm = LeukDataModule(
-        CNMCSource(str(real_data / "cnmc_sample")),
+        CNMCSource,
         RatioSplit(0.7, 0.1, 0.2),
+        root=str(real_data / "cnmc_sample"),
         image_size=32,
         num_workers=0,
         cache="memory",
@@ -245,8 +246,9 @@ def test_shared_subjects_reported_image_level_and_subject_level(
 def test_no_subjects_reports_none(tmp_path: Path) -> None:
     """A source without subject IDs (the ALL data, any class-folder tree) reports n/a, not 0."""
     dm = LeukDataModule(
-        FolderSource(str(synthetic_folder(tmp_path))),
+        FolderSource,
         RatioSplit(0.6, 0.2, 0.2),
+        root=str(synthetic_folder(tmp_path)),
         image_size=32,
         num_workers=0,
         cache="memory",

@@ -47,8 +47,8 @@ EXTRA_OVERRIDES = {
     # ALDL's preprocessing of the 3,256 ALL images takes over a minute on 2 cores: the same protocol
     # (preprocessing, 70/30 split, losses) runs on the tiny synthetic set instead, and its lesion
     # crop (a fixed 224 px, not data.image_size) at the tiny size.
-    ("experiment", "aldl_paper"): ["data=synthetic", "preprocess.steps.2.size=32"],
-    ("experiment", "aldl_paper_adam"): ["data=synthetic", "preprocess.steps.2.size=32"],
+    ("experiment", "aldl_paper"): ["data=synthetic", "preprocess.steps.lesion.size=32"],
+    ("experiment", "aldl_paper_adam"): ["data=synthetic", "preprocess.steps.lesion.size=32"],
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -51,17 +52,20 @@ def _worker_context(num_workers: int) -> str | None:
 class LeukDataModule(L.LightningDataModule):
     """Images of one source, split leakage-safely and served as uint8 CHW batches.
 
-    ``source`` has ``scan() -> SourceScan`` and ``cache_key``; ``split`` has
-    ``assign(labels, groups, seed, class_names)`` and ``describe()``.
+    ``source`` builds the source from the data set's folder: ``source(root=root)`` (a ``_partial_``
+    node, or a source class) gives an object with ``scan() -> SourceScan`` and ``cache_key``, so
+    ``data.root`` is the one key that names the folder. ``split`` has
+    ``assign(labels, groups, seed, class_names)`` and ``describe()``. ``train_transform`` (the
+    training augmentation) and ``preprocess`` (a ``PreprocessPipeline``) come built; nothing passed
+    in is changed, except that ``setup`` fits ``preprocess`` on the training split.
     """
 
     def __init__(
         self,
-        source: Any,
+        source: Callable[..., Any],
         split: Any,
         root: str | None = None,
         fold: int | None = None,
-        fold_index: int | None = None,
         image_size: int = 224,
         batch_size: int = 32,
         num_workers: int = 2,
@@ -83,16 +87,6 @@ class LeukDataModule(L.LightningDataModule):
         super().__init__()
         if balance not in BALANCE_METHODS:
             raise DataError(f"data.balance must be one of {', '.join(BALANCE_METHODS)}; got '{balance}'")
-        if root is not None:
-            # data.root is the one place a user names the data set's folder.
-            source.root = root
-        if fold_index is not None:
-            if not hasattr(split, "fold_index"):
-                raise DataError(
-                    f"data.fold_index is only used by k-fold splits (data/split=kfold); this split is "
-                    f"{split.describe()}"
-                )
-            split.fold_index = fold_index
         if image_size < 16:
             raise DataError(f"data.image_size must be at least 16 px, got {image_size}")
         if batch_size < 1:
@@ -101,7 +95,13 @@ class LeukDataModule(L.LightningDataModule):
             raise DataError(f"data.num_workers must be ≥ 0, got {num_workers}")
         if pin_memory not in (True, False, "auto"):
             raise DataError(f"data.pin_memory must be true, false or auto, got {pin_memory!r}")
-        self.source = source
+        if not callable(source) or (hasattr(source, "scan") and not isinstance(source, type)):
+            raise DataError(
+                "data.source must build the source from data.root: a _partial_ node or a source class "
+                f"(called with root=...), got {type(source).__name__}"
+            )
+        self.root = root
+        self.source = source(root=root)
         self.split = split
         self.image_size = image_size
         self.batch_size = batch_size
@@ -125,7 +125,7 @@ class LeukDataModule(L.LightningDataModule):
         # split, run once per image at full resolution, cached with the decoded pixels.
         self.preprocess = preprocess
         self.preprocess_stats: dict[str, Any] = {}
-        # Per-lesion preprocessing (ALDL, preprocess.steps.<i>.per_lesion=true): the patches, and
+        # Per-lesion preprocessing (ALDL, preprocess.steps.lesion.per_lesion=true): the patches, and
         # the image each patch came from. None: one sample per image.
         self.patches: np.ndarray | None = None
         self.patch_owner: np.ndarray | None = None

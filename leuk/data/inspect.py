@@ -1,30 +1,22 @@
-"""``python -m leuk.data.inspect data=<name> data.root=...``: what a data set holds, before training.
+"""What a data set holds, before training (``python -m leuk.cli.inspect data=<name> data.root=...``).
 
 Per-class counts, image sizes, exact and near-duplicate groups (the ones a naive split would leak
-across the train/test line) and unreadable files, printed and written to ``inspect.json``.
+across the train/test line) and unreadable files, printed (the command also writes ``inspect.json``).
 """
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import hydra
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-import leuk  # noqa: F401  (config resolvers)
-from leuk.config import config_dir
+from leuk.data.datamodule import LeukDataModule
 from leuk.data.decode import decode_all
 from leuk.data.grouping import group_images
-from leuk.utils.report import write_json
-
-log = logging.getLogger(__name__)
 
 
 def _image_size(path: str) -> str:
@@ -35,15 +27,15 @@ def _image_size(path: str) -> str:
         return "unreadable"
 
 
-def inspect_data(data_cfg: DictConfig, show_groups: int = 10) -> dict[str, Any]:
-    source = instantiate(data_cfg.source)
-    if data_cfg.get("root") is not None:
-        source.root = data_cfg.root
-    scan = source.scan()
+def inspect_data(datamodule: LeukDataModule, show_groups: int = 10) -> dict[str, Any]:
+    """The report of ``datamodule``'s source (scanned, not set up: no split, no decode cache),
+    grouped with its ``near_duplicate_distance``; printed, and returned for ``inspect.json``."""
+    scan = datamodule.source.scan()
+    distance = datamodule.near_duplicate_distance
     paths = [r.path for r in scan.records]
     # Hashes need every file read once; pixels are not kept.
     decoded = decode_all(paths, 16, mode="none")
-    grouping = group_images(decoded.sha256, decoded.dhash, data_cfg.get("near_duplicate_distance"))
+    grouping = group_images(decoded.sha256, decoded.dhash, distance)
     labels = [r.label for r in scan.records]
     per_class = Counter(labels)
     sizes = Counter(_image_size(p) for p in paths)
@@ -56,7 +48,7 @@ def inspect_data(data_cfg: DictConfig, show_groups: int = 10) -> dict[str, Any]:
         "subjects": len({r.subject for r in scan.records if r.subject is not None}),
         "exact_duplicate_pairs": [[paths[i], paths[j]] for i, j in grouping.exact_pairs],
         "near_duplicate_pairs": [[paths[i], paths[j]] for i, j in grouping.near_pairs],
-        "near_duplicate_distance": data_cfg.get("near_duplicate_distance"),
+        "near_duplicate_distance": distance,
         "duplicate_groups": [[paths[i] for i in g] for g in groups],
         "groups_spanning_classes": [[paths[i] for i in g] for g in groups if len({labels[i] for i in g}) > 1],
         "bad_files": [{"path": p, "error": e} for p, e in decoded.bad],
@@ -88,14 +80,3 @@ def _print(report: dict[str, Any], show_groups: int) -> None:
     )
     for bad in report["bad_files"]:
         console.print(f"  {bad['path']}: {bad['error']}")
-
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="inspect")
-def main(cfg: DictConfig) -> None:
-    report = inspect_data(cfg.data, cfg.get("show_groups", 10))
-    out = write_json(Path(cfg.paths.output_dir) / "inspect.json", report)
-    log.info("wrote %s", out)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""``python -m leuk.data.preview``: look at what a data/preprocess/augmentation config does.
+"""A picture of what a data/preprocess/augmentation config does (``python -m leuk.cli.preview``).
 
 Rows are images (a few per class, from one split); columns are the original, the preprocessed
 image, the lesion mask and the watershed overlay (only when the pipeline crops lesions), and
@@ -11,18 +11,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
 
-import leuk  # noqa: F401  (config resolvers)
-from leuk.config import config_dir
-from leuk.config.schema import validate_train_config
+from leuk.data.datamodule import LeukDataModule
 from leuk.data.decode import open_rgb
 from leuk.preprocess.lesion import LesionCrop, lesion_mask
 from leuk.preprocess.segmentation import watershed_cells
-from leuk.train import build_datamodule
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +29,24 @@ def _lesion_step(pipeline: Any) -> tuple[int, LesionCrop] | None:
     return None
 
 
-def preview(cfg: DictConfig) -> Path:
-    validate_train_config(cfg, extra_top_level={"preview": dict})
-    p = cfg.preview
-    datamodule = build_datamodule(cfg)
+def preview(
+    datamodule: LeukDataModule,
+    out: Path,
+    per_class: int = 3,
+    augmented: int = 4,
+    split: str = "train",
+    seed: int = 0,
+) -> Path:
+    """Write the grid of ``per_class`` images of each class from ``split`` (drawn with ``seed``)
+    to ``out`` (a PNG), with ``augmented`` draws of the training augmentation per image."""
     datamodule.setup()
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(seed)
     rows: list[tuple[str, list[tuple[str, np.ndarray]]]] = []
-    split_idx = datamodule.indices[p.split]
+    split_idx = datamodule.indices[split]
     lesion = _lesion_step(datamodule.preprocess)
     for c, name in enumerate(datamodule.class_names):
         members = split_idx[datamodule.labels[split_idx] == c]
-        for i in rng.choice(members, size=min(p.per_class, len(members)), replace=False):
+        for i in rng.choice(members, size=min(per_class, len(members)), replace=False):
             record = datamodule.records[int(i)]
             original = np.asarray(open_rgb(record.path))
             processed = np.asarray(datamodule.decoded.images[int(i)])
@@ -59,7 +60,7 @@ def preview(cfg: DictConfig) -> Path:
                 panels.append(("lesion mask", (mask[..., None] * np.array([255, 255, 255])).astype(np.uint8)))
                 panels.append(("watershed", watershed_cells(before).overlay))
             if datamodule.train_transform is not None:
-                for a in range(p.augmented):
+                for a in range(augmented):
                     panels.append(
                         (f"augmented {a + 1}", datamodule.train_transform(image=processed)["image"])
                     )
@@ -81,17 +82,8 @@ def preview(cfg: DictConfig) -> Path:
             -0.05, 0.5, label, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=7
         )
     fig.tight_layout()
-    out = Path(cfg.paths.output_dir) / "preview.png"
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     log.info("wrote %s", out)
     return out
-
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="preview")
-def main(cfg: DictConfig) -> None:
-    preview(cfg)
-
-
-if __name__ == "__main__":
-    main()

@@ -67,7 +67,7 @@ def scan_class_folders(
     """
     root = Path(root).expanduser()
     if not root.exists():
-        raise DataError(f"data root '{root}' does not exist (set data.source.root)")
+        raise DataError(f"data root '{root}' does not exist (set data.root)")
     if not root.is_dir():
         raise DataError(f"data root '{root}' is not a folder")
     root = root.resolve()

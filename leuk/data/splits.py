@@ -179,7 +179,7 @@ class KFoldSplit:
     ) -> np.ndarray:
         if not 0 <= self.fold_index < self.k:
             raise DataError(
-                f"data.fold_index={self.fold_index} is out of range for {self.k}-fold (0…{self.k - 1})"
+                f"data.split.fold_index={self.fold_index} is out of range for {self.k}-fold (0…{self.k - 1})"
             )
         labels = np.asarray(labels)
         groups = np.asarray(groups)

@@ -198,7 +198,7 @@ class SyntheticSource:
 
     def __init__(
         self,
-        root: str,
+        root: str | None,
         images_per_class: int = 150,
         size: int = 128,
         seed: int = 0,
@@ -208,6 +208,8 @@ class SyntheticSource:
             raise ValueError(f"data.source.fmt must be png or jpg, got '{fmt}'")
         if images_per_class < 1 or size < 32:
             raise ValueError("data.source.images_per_class must be ≥ 1 and data.source.size ≥ 32")
+        if not root:
+            raise ValueError("no data root given: set data.root (the folder the synthetic images go to)")
         self.root = root
         self.spec = SyntheticSpec(images_per_class, size, seed, fmt)
 

@@ -1,9 +1,15 @@
-"""A sequence of preprocessing steps with the step interface itself, built from ``preprocess.steps``."""
+"""An ordered, named sequence of preprocessing steps, built from ``preprocess.steps``.
+
+``preprocess.steps`` is a mapping ``{name: step node}`` in the order the steps run (``clahe``,
+``reinhard``, ``lesion`` for ALDL), so an override or a sweep names the step it changes
+(``preprocess.steps.lesion.space=hsv``) and inserting a step retargets nothing. Checkpoints
+written before the steps had names hold a list; its steps are named by their position.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,14 +37,29 @@ class PreprocessPipeline:
     ``uses_original`` true gets ``apply_with_original(image, original)``, ``original`` being the
     image the pipeline was given."""
 
-    def __init__(self, steps: Sequence[PreprocessStep] = ()) -> None:
-        self.steps = list(steps)
-        for i, step in enumerate(self.steps):
+    def __init__(self, steps: Mapping[str, PreprocessStep] | Sequence[PreprocessStep] = ()) -> None:
+        named = steps.items() if isinstance(steps, Mapping) else ((str(i), s) for i, s in enumerate(steps))
+        self.names: list[str] = []
+        self.steps: list[PreprocessStep] = []
+        for name, step in named:
             if not isinstance(step, PreprocessStep):
                 raise TypeError(
-                    f"preprocess.steps[{i}]: {type(step).__name__} lacks the step interface "
+                    f"preprocess.steps.{name}: {type(step).__name__} lacks the step interface "
                     "(__call__, needs_fit, fit, cache_key)"
                 )
+            self.names.append(str(name))
+            self.steps.append(step)
+
+    def __getitem__(self, name: str) -> PreprocessStep:
+        """The step named ``name`` in ``preprocess.steps``."""
+        try:
+            return self.steps[self.names.index(name)]
+        except ValueError:
+            raise KeyError(f"no preprocessing step '{name}' (the steps: {self.names})") from None
+
+    @property
+    def named_steps(self) -> dict[str, PreprocessStep]:
+        return dict(zip(self.names, self.steps, strict=True))
 
     @property
     def needs_fit(self) -> bool:
@@ -56,11 +77,14 @@ class PreprocessPipeline:
         check_image(image, "preprocess")
         return _run(self.steps, image)
 
-    def per_lesion_step(self) -> int | None:
-        """The index of the step that gives several patches per image (``per_lesion``), or None."""
-        marked = [i for i, step in enumerate(self.steps) if getattr(step, "per_lesion", False)]
+    def per_lesion_step(self) -> str | None:
+        """The name of the step that gives several patches per image (``per_lesion``), or None."""
+        marked = [
+            n for n, step in zip(self.names, self.steps, strict=True) if getattr(step, "per_lesion", False)
+        ]
         if len(marked) > 1:
-            raise PreprocessConfigError(f"preprocess.steps{marked}: only one step may set per_lesion")
+            keys = ", ".join(f"preprocess.steps.{n}.per_lesion" for n in marked)
+            raise PreprocessConfigError(f"{keys}: only one step may set per_lesion")
         return marked[0] if marked else None
 
     @property
@@ -73,9 +97,10 @@ class PreprocessPipeline:
         """The per-lesion step's patches of ``image``, each through the steps after it (the whole
         pipeline's single output, in a list, when no step is per-lesion)."""
         check_image(image, "preprocess")
-        i = self.per_lesion_step()
-        if i is None:
+        name = self.per_lesion_step()
+        if name is None:
             return [_run(self.steps, image)]
+        i = self.names.index(name)
         step = self.steps[i]
         before = _run(self.steps[:i], image)
         patches = step.crops_with_original(before, image)  # type: ignore[attr-defined]
@@ -121,27 +146,43 @@ class PreprocessPipeline:
         return out
 
     def __repr__(self) -> str:
-        return f"PreprocessPipeline({self.steps!r})"
+        return f"PreprocessPipeline({self.named_steps!r})"
 
 
-def build_preprocess(steps: Sequence[Any] | None) -> PreprocessPipeline:
-    """A ``PreprocessPipeline`` of the ``_target_`` nodes of ``preprocess.steps`` (None or [] → no step).
+def build_preprocess(steps: Mapping[str, Any] | Sequence[Any] | None) -> PreprocessPipeline:
+    """A ``PreprocessPipeline`` of the ``_target_`` nodes of ``preprocess.steps``: a mapping
+    ``{name: node}`` in run order, or the list of a checkpoint written before steps had names (its
+    steps named ``0``, ``1``, ...). None or empty gives no step; a ``null`` step (an override's way
+    of removing one, ``preprocess.steps.reinhard=null``) is skipped.
 
     A setting a step refuses (θ outside its range, an unknown colour space) is reported with the
-    step's index and target.
+    step's key and target.
     """
-    built = []
-    for i, spec in enumerate(steps or []):
-        node = (
-            OmegaConf.to_container(spec, resolve=True) if isinstance(spec, (DictConfig, ListConfig)) else spec
+    if isinstance(steps, (DictConfig, ListConfig)):
+        steps = OmegaConf.to_container(steps, resolve=True)
+    if steps is None:
+        items: list[tuple[str, Any]] = []
+    elif isinstance(steps, Mapping):
+        items = [(str(k), v) for k, v in steps.items()]
+    elif isinstance(steps, Sequence) and not isinstance(steps, str):
+        items = [(str(i), v) for i, v in enumerate(steps)]
+    else:
+        raise PreprocessConfigError(
+            f"preprocess.steps: expected a mapping of step names to nodes, got {type(steps).__name__}"
         )
+    built: dict[str, PreprocessStep] = {}
+    for name, node in items:
+        if isinstance(node, DictConfig):
+            node = OmegaConf.to_container(node, resolve=True)
+        if node is None:
+            continue
         if not isinstance(node, dict) or "_target_" not in node:
             raise PreprocessConfigError(
-                f"preprocess.steps[{i}]: expected a node with a _target_, got {node!r}"
+                f"preprocess.steps.{name}: expected a node with a _target_, got {node!r}"
             )
         try:
-            built.append(instantiate(node))
+            built[name] = instantiate(node)
         except Exception as exc:
             cause = exc.__cause__ or exc
-            raise PreprocessConfigError(f"preprocess.steps[{i}] ({node['_target_']}): {cause}") from exc
+            raise PreprocessConfigError(f"preprocess.steps.{name} ({node['_target_']}): {cause}") from exc
     return PreprocessPipeline(built)

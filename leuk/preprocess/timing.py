@@ -1,22 +1,18 @@
 """Time a preprocess config per image on real files (the ALDL paper reports 4.25 s per image).
 
-    python -m leuk.preprocess.timing --preprocess aldl \\
+    python -m leuk.cli.timing preprocess --preprocess aldl \\
         --images '../shared/data/all_taleqani/Original/*/*.jpg' --n 100 --fit 100
 
-Images are spread evenly over the sorted matches; the fitted steps learn from ``--fit`` other images
-(as from a training split), then each of the ``--n`` timed images is decoded and preprocessed in
-one thread, decoding timed apart.
+The command spreads the images evenly over the sorted matches (``pick_images``); the fitted steps
+learn from ``--fit`` other images (as from a training split), then each of the ``--n`` timed images
+is decoded and preprocessed in one thread, decoding timed apart.
 """
 
 from __future__ import annotations
 
-import argparse
-import glob
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import yaml
@@ -40,13 +36,14 @@ class Timing:
 
 
 def load_preprocess(name: str, overrides: Sequence[str] = ()) -> PreprocessPipeline:
-    """The pipeline of ``conf/preprocess/<name>.yaml``, with dotted ``key=value`` overrides."""
+    """The pipeline of ``conf/preprocess/<name>.yaml``, with dotted ``key=value`` overrides
+    (``steps.lesion.threshold=otsu``)."""
     cfg = OmegaConf.load(config_dir() / "preprocess" / f"{name}.yaml")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} is not key=value")
-        # update(), not merge(): a dotlist cannot address a list element such as steps.2.
+        # update(), not merge(): a value replaces the node (a list stays a list, null removes a step).
         OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
     return build_preprocess(cfg.get("steps"))
 
@@ -83,29 +80,9 @@ def time_preprocess(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> Timing:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--preprocess", default="aldl", help="a conf/preprocess option")
-    parser.add_argument("--images", required=True, help="glob of the image files")
-    parser.add_argument("--n", type=int, default=100, help="images to time")
-    parser.add_argument("--fit", type=int, default=100, help="other images the fitted steps learn from")
-    parser.add_argument("--set", nargs="*", default=[], help="overrides such as steps.2.threshold=otsu")
-    args = parser.parse_args(argv)
-    files = sorted(glob.glob(str(Path(args.images).expanduser())))
-    if len(files) < args.n + args.fit:
-        parser.error(f"{len(files)} files match {args.images!r}; --n + --fit needs {args.n + args.fit}")
-    # Evenly spread over the sorted files (every class folder), then dealt at random (seed 0).
-    picked = np.random.default_rng(0).permutation(
-        np.linspace(0, len(files) - 1, args.n + args.fit).astype(int)
-    )
-    timed = [files[i] for i in picked[: args.n]]
-    fit = [files[i] for i in picked[args.n :]]
-    result = time_preprocess(load_preprocess(args.preprocess, args.set), timed, fit, args.preprocess)
-    print(json.dumps(asdict(result), indent=2))
-    return result
-
-
-if __name__ == "__main__":
-    main()
+def pick_images(files: Sequence[str], n: int, fit: int) -> tuple[list[str], list[str]]:
+    """``n`` timed and ``fit`` fitting images, evenly spread over the sorted ``files`` (every class
+    folder), then dealt at random (seed 0)."""
+    files = sorted(files)
+    picked = np.random.default_rng(0).permutation(np.linspace(0, len(files) - 1, n + fit).astype(int))
+    return [files[i] for i in picked[:n]], [files[i] for i in picked[n:]]
