@@ -1,8 +1,9 @@
 """Deterministic preprocessing of each paper (computed once, cached with the decoded images) and
 the image transforms the augmentation configs use.
 
-``build_preprocess(cfg.preprocess.steps)`` gives a ``PreprocessPipeline``; see ``base`` for the
-step interface.
+``build_preprocess(cfg.preprocess.steps)`` gives a ``PreprocessPipeline`` of the named steps
+(``{name: step node}``, in run order; a checkpoint's list from before steps had names also builds);
+see ``base`` for the step interface.
 """
 
 from leuk.preprocess.base import NotFittedError, PreprocessConfigError, PreprocessStep
