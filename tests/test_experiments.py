@@ -112,6 +112,25 @@ def test_color_space_sweep_sets_the_color_space_step(tmp_path) -> None:
     assert spaces == {(s, t) for s in ("rgb", "hsv", "lab", "hed") for t in (0.3, 0.4)}
 
 
+def test_configs_and_references_name_preprocessing_steps() -> None:
+    """Sweeps, experiments and the papers' table address a preprocessing step by name: a position
+    would silently retarget another step once a step is inserted."""
+    import re
+
+    from leuk.reference import Reference, ReferenceFileError, load_references
+
+    positional = re.compile(r"preprocess\.steps\.\d")
+    for path in sorted(config_dir().rglob("*.yaml")):
+        assert not positional.search(path.read_text()), path
+    for ref in load_references():
+        assert not positional.search(ref.config), ref
+    lesion = [r for r in load_references() if "preprocess.steps.lesion.space=rgb" in r.config.split()]
+    assert lesion and all(("preprocess.steps.lesion.space", "rgb") in r.conditions() for r in lesion)
+    old = Reference(**{**vars(lesion[0]), "config": "experiment=aldl_paper preprocess.steps.2.space=rgb"})
+    with pytest.raises(ReferenceFileError, match="name the preprocessing step"):
+        old.conditions()
+
+
 def test_optuna_search_space(tmp_path) -> None:
     from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
     from optuna.distributions import CategoricalDistribution, LogUniformDistribution

@@ -9,7 +9,8 @@ One row per value a paper prints, with the columns:
 - ``config``: the ``python -m leuk.train`` overrides that reproduce the row (``experiment=...`` and
   others, space-separated ``key=value``). They are also the row's conditions: a report row takes the
   value when every one of its runs has each ``key=value`` (a config group's choice such as
-  ``data/split=train_test_70_30``, or a config value such as ``data.image_size=256``); ``model=``
+  ``data/split=train_test_70_30``, or a config value such as ``data.image_size=256``; a
+  preprocessing step by its name, ``preprocess.steps.lesion.space=rgb``); ``model=``
   (the model column matches instead, by ``model.name``) and ``sweep=`` (how many jobs, not what a
   job is) are not conditions;
 - ``metric``: leuk's key for the value in the paper's variant: a stage metric as it follows
@@ -32,6 +33,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -70,6 +72,8 @@ BASES = ("stated", "inferred", "assumed")
 UNITS = {"percent": (0.01, 100.0), "fraction": (1.0, 1.0), "s": (1.0, math.inf), "ms": (1.0, math.inf)}
 # Keys of the run as a whole (not per stage): compared as they are.
 RUN_KEYS = frozenset({"wall_time_s", "train_images_per_s", "method_s_per_image", "latency_ms_median"})
+# preprocess.steps.<i>...: the positional key of a step, from before the steps had names.
+_STEP_BY_POSITION = re.compile(r"^preprocess\.steps\.\d+(\.|$)")
 # Keys that are not conditions on a run (see the module doc).
 NOT_CONDITIONS = frozenset({"model", "sweep"})
 _SUMMARY_VARIANT = {
@@ -147,6 +151,12 @@ class Reference:
             key, sep, value = term.partition("=")
             if not sep or not key:
                 raise ReferenceFileError(f"config term '{term}' of {self.paper}: expected key=value")
+            if _STEP_BY_POSITION.match(key.lstrip("+~")):
+                # A position would silently retarget another step once a step is inserted.
+                raise ReferenceFileError(
+                    f"config term '{term}' of {self.paper}: name the preprocessing step "
+                    "(preprocess.steps.lesion.space), not its position"
+                )
             if key.lstrip("+~") not in NOT_CONDITIONS:
                 out.append((key.lstrip("+~"), value))
         return out
