@@ -340,3 +340,14 @@ def test_predict_config_lists_every_problem(tmp_path) -> None:
     assert "ckpt_path: required" in msg and "input: required (input=<image or folder>)" in msg
     assert "batch_size: must be at least 1, got 0" in msg
     validate_predict_config(compose_config(["ckpt_path=x.ckpt", "input=."], tmp_path, "predict"))
+
+
+def test_inspect_config_validates(tmp_path) -> None:
+    from leuk.config.schema import validate_inspect_config
+
+    validate_inspect_config(compose_config([], output_dir=tmp_path, config_name="inspect"))
+    cfg = compose_config(["show_groups=-1", "+data.batchsize=4"], output_dir=tmp_path, config_name="inspect")
+    with pytest.raises(ConfigError) as err:
+        validate_inspect_config(cfg)
+    msg = str(err.value)
+    assert "show_groups: must be at least 0, got -1" in msg and "data.batchsize: unknown key" in msg

@@ -1,7 +1,7 @@
 """The typed shape of leuk's composed configs, checked before anything runs.
 
 Each entry point's config is a dataclass below (``TrainConfig``, ``EvalConfig``, ``PredictConfig``,
-``BenchConfig``, ``PreviewConfig``); plain nodes nest as dataclasses (``ModelConfig``,
+``BenchConfig``, ``PreviewConfig``, ``InspectConfig``); plain nodes nest as dataclasses (``ModelConfig``,
 ``SchedulerConfig``, ...). The checks are derived from their fields and type hints; how a field is
 checked beyond its type lives in its ``metadata`` (see ``leuk.config.validate.check_fields``):
 ``target`` (a ``_target_`` node, checked against the signature of what it builds), ``targets`` (a
@@ -10,12 +10,15 @@ or a list in old configs), ``nested`` (may hold ``_target_`` nodes), ``min``/``m
 ``sigmas``, and ``example`` (shown for a required key that is still ``???``).
 
 Validation only, not composition. The dataclasses are registered in Hydra's ConfigStore (group
-``schema``, so ``OmegaConf.structured`` has proved that every type is one OmegaConf understands),
-but no defaults list merges them into the composed config. A schema in the defaults list would
-make Hydra stop at the first mismatch with its own message: one problem per attempt, with no "did
-you mean" and no list of valid keys. It would also type values that a job resolves late
-(``${paths.output_dir}``, ``${hydra:runtime.output_dir}``) at composition time. Validating the
-composed config instead reports every problem at once, each with its full key.
+``schema``; ``OmegaConf.structured`` has thereby proved that every type is one OmegaConf
+understands), but no defaults list merges them into the composed config, for three reasons. A
+schema in the defaults list makes Hydra stop at the first mismatch with its own message: one
+problem per attempt, with no "did you mean" and no list of valid keys. OmegaConf checks a typed
+field holding an interpolation (``${paths.output_dir}``, ``${data.batch_size}``) only when it is
+read, so a wrong type behind an interpolation would surface deep inside a run rather than at start;
+here every value is resolved and checked before anything runs. And the composed config stays plain
+(strings, not Enum members), as ``.hydra/config.yaml``, checkpoints and ``leuk.report`` read it.
+Validating the composed config reports every problem at once, each with its full key.
 
 Models: the model-name and ``model.arch`` checks need the model registry. This module does not
 import ``leuk.models``: ``validate_train_config`` takes the lookup as an argument, and by default
@@ -169,6 +172,18 @@ class PreviewConfig(TrainConfig):
 
 
 @dataclass
+class InspectConfig:
+    """``conf/inspect.yaml``: ``python -m leuk.cli.inspect``."""
+
+    data: dict[str, Any] = field(default_factory=dict, metadata={**TARGET, "supplied": DATA_SUPPLIED})
+    paths: dict[str, Any] = field(default_factory=dict)
+    hydra: dict[str, Any] = field(default_factory=dict)
+    task_name: str = "inspect"
+    # How many example groups to print.
+    show_groups: int = field(default=10, metadata={"min": 0})
+
+
+@dataclass
 class EvalConfig:
     """``conf/eval.yaml``: ``python -m leuk.eval``."""
 
@@ -221,6 +236,7 @@ SCHEMAS: dict[str, type] = {
     "predict": PredictConfig,
     "bench": BenchConfig,
     "preview": PreviewConfig,
+    "inspect": InspectConfig,
 }
 
 
@@ -281,6 +297,11 @@ def validate_preview_config(cfg: DictConfig, *, model_lookup: ModelLookup | None
     _raise(_problems(cfg, PreviewConfig, model_lookup))
 
 
+def validate_inspect_config(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` listing every problem of a composed ``conf/inspect.yaml``."""
+    _raise(_problems(cfg, InspectConfig))
+
+
 def validate_eval_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` listing every problem of an evaluation config, before anything runs."""
     problems = _problems(cfg, EvalConfig)
@@ -305,6 +326,7 @@ __all__ = [
     "BenchSettings",
     "ConfigError",
     "EvalConfig",
+    "InspectConfig",
     "ModelConfig",
     "PredictConfig",
     "PreprocessConfig",
@@ -316,6 +338,7 @@ __all__ = [
     "register_configs",
     "validate_bench_config",
     "validate_eval_config",
+    "validate_inspect_config",
     "validate_predict_config",
     "validate_preview_config",
     "validate_train_config",
