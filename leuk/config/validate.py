@@ -22,7 +22,7 @@ from enum import Enum
 from pathlib import Path, PurePath
 from typing import Any
 
-from omegaconf import MISSING as OmegaConf_MISSING
+from omegaconf import MISSING as OMEGACONF_MISSING
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
@@ -221,7 +221,7 @@ def _did_you_mean(key: str, valid: Iterable[str]) -> str:
 
 
 def _is_required(f: dataclasses.Field) -> bool:
-    return f.default is OmegaConf_MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    return f.default is OMEGACONF_MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
 
 
 def check_fields(node: Any, path: str, schema: type, problems: list[str]) -> None:
