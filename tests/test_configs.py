@@ -188,3 +188,166 @@ def test_wheel_ships_the_config_tree(tmp_path) -> None:
     data_files = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "leuk").rglob("*.csv")}
     assert "leuk/reference/paper_results.csv" in data_files
     assert data_files <= names, sorted(data_files - names)
+
+
+def test_schemas_are_structured_configs_in_the_config_store() -> None:
+    """Every schema's types are ones OmegaConf understands, and Hydra can find them."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from leuk.config.schema import SCHEMAS, register_configs
+
+    register_configs()
+    for name, schema in SCHEMAS.items():
+        OmegaConf.structured(schema)
+        assert ConfigStore.instance().load(f"schema/{name}.yaml") is not None
+
+
+def test_config_layer_does_not_import_models() -> None:
+    """Importing the schemas leaves leuk.models unimported: the registry is looked up by the check."""
+    import subprocess
+
+    from tests.helpers import PYTHON, subprocess_env
+
+    code = "import sys, leuk.config.schema; print(any(m.startswith('leuk.models') for m in sys.modules))"
+    out = subprocess.run(
+        [PYTHON, "-c", code], env=subprocess_env(), capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False"
+
+
+def test_model_lookup_can_be_handed_in(tmp_path) -> None:
+    def lookup(name: str):
+        raise ValueError(f"no model called {name} here")
+
+    cfg = compose_config([], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"model\.name: no model called mcb_hypernet here"):
+        validate_train_config(cfg, model_lookup=lookup)
+
+
+def test_every_problem_is_listed_at_once(tmp_path) -> None:
+    cfg = compose_config(["+sede=3", "test_checkpoint=middle", "+model.mean_=1"], output_dir=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        validate_train_config(cfg)
+    problems = {p.split(":")[0]: p for p in err.value.problems}
+    assert set(problems) == {"sede", "test_checkpoint", "model.mean_"}
+    assert "Did you mean 'mean'" in problems["model.mean_"]
+    assert "best, last" in problems["test_checkpoint"]
+
+
+def test_model_mean_needs_three_values(tmp_path) -> None:
+    cfg = compose_config(["model.mean=[0.5,0.5]"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"model\.mean: needs 3 values \(one per RGB channel\), got 2"):
+        validate_train_config(cfg)
+
+
+def test_named_preprocess_steps_are_checked_by_name(tmp_path) -> None:
+    """preprocess.steps as an ordered mapping {name: step node or null} (and a list in old configs)."""
+    cfg = compose_config([], output_dir=tmp_path)
+    with open_dict(cfg):
+        cfg.preprocess.steps = {
+            "clahe": {"_target_": "leuk.preprocess.clahe.Clahe", "clip_limt": 2.0},
+            "off": None,
+            "broken": {"clip_limit": 2.0},
+        }
+    with pytest.raises(ConfigError) as err:
+        validate_train_config(cfg)
+    msg = str(err.value)
+    assert "preprocess.steps.clahe.clip_limt" in msg and "Did you mean 'clip_limit'" in msg
+    assert "preprocess.steps.broken: expected a node with a _target_ (or null)" in msg
+    assert "preprocess.steps.off" not in msg
+    with open_dict(cfg):
+        cfg.preprocess.steps = {"clahe": {"_target_": "leuk.preprocess.clahe.Clahe"}, "off": None}
+    validate_train_config(cfg)
+    with open_dict(cfg):
+        cfg.preprocess.steps = "clahe"
+    with pytest.raises(ConfigError, match=r"preprocess\.steps: expected a mapping of named steps"):
+        validate_train_config(cfg)
+
+
+def test_plots_switch_is_a_boolean(tmp_path) -> None:
+    validate_train_config(compose_config(["+plots=false"], output_dir=tmp_path))
+    with pytest.raises(ConfigError, match="plots: 'often' does not fit the expected type bool"):
+        validate_train_config(compose_config(["+plots=often"], output_dir=tmp_path))
+
+
+@pytest.mark.parametrize(("name", "section"), [("bench", "bench"), ("preview", "preview")])
+def test_bench_and_preview_configs_validate(name: str, section: str, tmp_path) -> None:
+    from leuk.config import schema
+
+    validate = getattr(schema, f"validate_{name}_config")
+    validate(compose_config([], output_dir=tmp_path, config_name=name))
+    # Their own section is theirs: the training check refuses it.
+    with pytest.raises(ConfigError, match=rf"{section}: unknown key"):
+        validate_train_config(compose_config([], output_dir=tmp_path, config_name=name))
+    with pytest.raises(ConfigError, match=rf"{section}\.\w+: unknown key"):
+        validate(compose_config([f"+{section}.typo=1"], output_dir=tmp_path, config_name=name))
+
+
+def test_eval_config_lists_every_problem(tmp_path) -> None:
+    from leuk.config.schema import validate_eval_config
+
+    with pytest.raises(ConfigError, match="ckpt_path: required"):
+        validate_eval_config(compose_config([], output_dir=tmp_path, config_name="eval"))
+    cfg = compose_config(
+        ["ckpt_path=x.ckpt", "abstain_threshold=1.5", "noise_sigmas=[0,-2]", "batch_size=0", "+splitt=test"],
+        tmp_path,
+        "eval",
+    )
+    with pytest.raises(ConfigError) as err:
+        validate_eval_config(cfg)
+    msg = str(err.value)
+    assert "splitt: unknown key. Did you mean 'split'" in msg
+    assert "batch_size: must be at least 1, got 0" in msg
+    assert "abstain_threshold: a softmax confidence in [0, 1], got 1.5" in msg
+    assert msg.index("abstain_threshold") < msg.index("noise_sigmas")
+    cfg = compose_config(["ckpt_path=x.ckpt", "data=folder"], tmp_path, "eval")
+    with open_dict(cfg):
+        cfg.data.root = "???"
+    with pytest.raises(ConfigError, match=r"data\.root: required with a data config"):
+        validate_eval_config(cfg)
+    validate_eval_config(compose_config(["ckpt_path=x.ckpt", "split=val"], tmp_path, "eval"))
+
+
+def test_eval_and_predict_schemas_hold_their_yaml_keys(tmp_path) -> None:
+    """The dataclass fields are exactly the keys of conf/eval.yaml and conf/predict.yaml."""
+    import dataclasses
+
+    from leuk.config.schema import EvalConfig, PredictConfig
+
+    for name, schema in (("eval", EvalConfig), ("predict", PredictConfig)):
+        cfg = compose_config([], output_dir=tmp_path, config_name=name)
+        assert set(cfg) <= {f.name for f in dataclasses.fields(schema)}
+    assert {f.name for f in dataclasses.fields(PredictConfig)} == {
+        "ckpt_path",
+        "input",
+        "paths",
+        "hydra",
+        "task_name",
+        "abstain_threshold",
+        "batch_size",
+        "device",
+        "print_config",
+    }
+
+
+def test_predict_config_lists_every_problem(tmp_path) -> None:
+    from leuk.config.schema import validate_predict_config
+
+    with pytest.raises(ConfigError) as err:
+        validate_predict_config(compose_config(["batch_size=0"], tmp_path, "predict"))
+    msg = str(err.value)
+    assert "ckpt_path: required" in msg and "input: required (input=<image or folder>)" in msg
+    assert "batch_size: must be at least 1, got 0" in msg
+    validate_predict_config(compose_config(["ckpt_path=x.ckpt", "input=."], tmp_path, "predict"))
+
+
+def test_inspect_config_validates(tmp_path) -> None:
+    from leuk.config.schema import validate_inspect_config
+
+    validate_inspect_config(compose_config([], output_dir=tmp_path, config_name="inspect"))
+    cfg = compose_config(["show_groups=-1", "+data.batchsize=4"], output_dir=tmp_path, config_name="inspect")
+    with pytest.raises(ConfigError) as err:
+        validate_inspect_config(cfg)
+    msg = str(err.value)
+    assert "show_groups: must be at least 0, got -1" in msg and "data.batchsize: unknown key" in msg

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from leuk.cli.report import main
 from leuk.reference import COLUMNS, load_references
-from leuk.report import METRICS, main, write_report
+from leuk.reporting import METRICS, write_report
 from leuk.train import train
 from leuk.utils.task import FAILED_FILE
 from tests.helpers import PYTHON, TINY, compose_config, subprocess_env

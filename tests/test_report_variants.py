@@ -27,7 +27,7 @@ from sklearn import metrics as skm
 
 from leuk.metrics import DEFINITIONS, classification_metrics, compute_metrics
 from leuk.reference import COLUMNS, ReferenceFileError, load_references, read_references
-from leuk.report import write_report
+from leuk.reporting import write_report
 from tests.test_metrics import ALL_NAMES, CNMC_NAMES, fixed_predictions
 
 PAPERS = ("MCB-HyperNet", "MSEENet", "ALDL", "modified VGG16", "MobileNet_M")

@@ -3,12 +3,14 @@
 Hydra already refuses a command-line override of a key that does not exist, but a misspelt key in
 a YAML file (an experiment config, a user's own config) would silently be ignored or reach a
 constructor deep inside training. Every node with a ``_target_`` is checked here against the
-signature of what it instantiates: unknown keys, missing required arguments and values whose type
+signature of what it instantiates, and every plain node against the fields and type hints of its
+dataclass in ``leuk.config.schema``: unknown keys, missing required arguments and values whose type
 cannot match the annotation are all reported together, each with its full key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import inspect
@@ -16,9 +18,11 @@ import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from enum import Enum
 from pathlib import Path, PurePath
 from typing import Any
 
+from omegaconf import MISSING as OMEGACONF_MISSING
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
@@ -33,7 +37,8 @@ class ConfigError(ValueError):
 _MISSING = object()
 
 
-def _locate(target: str) -> Any:
+def locate(target: str) -> Any:
+    """The object a dotted path names (``module.attr`` or ``module.Class.attr``)."""
     module_name, _, attr = target.rpartition(".")
     if not module_name:
         raise ImportError(f"'{target}' is not a dotted path")
@@ -79,6 +84,8 @@ def _is_instance(value: Any, annotation: Any) -> bool:
         return any(_is_instance(value, a) for a in args)
     if origin is typing.Literal:
         return value in args
+    if inspect.isclass(annotation) and issubclass(annotation, Enum):
+        return any(value == m.value or value == m.name for m in annotation)
     if annotation is type(None):
         return value is None
     if value is None:
@@ -129,7 +136,7 @@ def check_target_node(
     """Check one ``_target_`` node's keys and value types against its target's signature."""
     target = str(node.get("_target_"))
     try:
-        obj = _locate(target)
+        obj = locate(target)
     except Exception as exc:  # any import failure is a config problem here
         problems.append(f"{path}._target_: cannot import '{target}' ({type(exc).__name__}: {exc})")
         return
@@ -208,30 +215,130 @@ def check_nested(value: Any, path: str, problems: list[str]) -> None:
             check_nested(item, f"{path}[{i}]", problems)
 
 
-def check_keys(
-    node: Any, path: str, schema: Mapping[str, Any], problems: list[str], *, open_keys: bool = False
-) -> None:
-    """Check a plain (non-instantiated) node against ``{key: type}``."""
+def _did_you_mean(key: str, valid: Iterable[str]) -> str:
+    hint = difflib.get_close_matches(key, sorted(valid), n=1)
+    return f" Did you mean '{hint[0]}'?" if hint else ""
+
+
+def _is_required(f: dataclasses.Field) -> bool:
+    return f.default is OMEGACONF_MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+
+
+def check_fields(node: Any, path: str, schema: type, problems: list[str]) -> None:
+    """Check a plain (non-instantiated) node against the fields and type hints of a dataclass.
+
+    Every key the node holds must be a field (else "unknown key", with a "did you mean"); a value
+    must fit its field's type; a nested dataclass field is checked in turn. A field's ``metadata``
+    says what more to check (``leuk.config.schema`` lists the keys). A required field (no default)
+    that is absent or still ``???`` is reported with its ``example``.
+    """
     if not isinstance(node, DictConfig):
-        problems.append(f"{path}: expected a mapping, got {type(node).__name__}")
+        problems.append(f"{(path or 'config')}: expected a mapping, got {type(node).__name__}")
         return
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for name, f in fields.items():
+        if _is_required(f) and (name not in node or OmegaConf.is_missing(node, name)):
+            full = f"{path}.{name}" if path else name
+            example = f.metadata.get("example", "...")
+            problems.append(f"{full}: required ({full}={example})")
+    checked: list[tuple[str, Any, dataclasses.Field]] = []
     for key in node:
         key = str(key)
         full = f"{path}.{key}" if path else key
-        if key not in schema:
-            if not open_keys:
-                hint = difflib.get_close_matches(key, sorted(schema), n=1)
-                did_you_mean = f" Did you mean '{hint[0]}'?" if hint else ""
-                problems.append(f"{full}: unknown key.{did_you_mean} Valid keys: {', '.join(sorted(schema))}")
+        if key not in fields:
+            problems.append(
+                f"{full}: unknown key.{_did_you_mean(key, fields)} Valid keys: {', '.join(sorted(fields))}"
+            )
             continue
         value = _node_value(node, key)
         if value is _MISSING:
             continue
-        if not _is_instance(value, schema[key]):
-            problems.append(f"{full}: {value!r} does not fit the expected type {_type_name(schema[key])}")
+        f, hint = fields[key], hints[key]
+        meta = f.metadata
+        if dataclasses.is_dataclass(hint):
+            check_fields(value, full, hint, problems)
+        elif meta.get("target"):
+            _check_target_field(value, full, problems, supplied=meta.get("supplied", ()))
+        elif meta.get("targets"):
+            _check_named_targets(value, full, problems)
+        elif meta.get("steps"):
+            _check_steps(value, full, problems)
+        elif not _is_instance(value, hint):
+            problems.append(f"{full}: {value!r} does not fit the expected type {_type_name(hint)}")
+        else:
+            if meta.get("nested"):
+                check_nested(value, full, problems)
+            checked.append((full, value, f))
+    # Ranges after keys and types, and noise strengths last of all, as the entry points always did.
+    for full, value, f in sorted(checked, key=lambda c: bool(c[2].metadata.get("sigmas"))):
+        _check_value(value, full, f.metadata, problems)
+
+
+def _check_value(value: Any, full: str, meta: Mapping[str, Any], problems: list[str]) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    low, high = meta.get("min"), meta.get("max")
+    if number and high is not None and not low <= value <= high:
+        problems.append(f"{full}: {meta.get('what', 'a value')} in [{low:g}, {high:g}], got {value}")
+    elif number and low is not None and value < low:
+        problems.append(f"{full}: must be at least {low}, got {value}")
+    length = meta.get("length")
+    if length is not None and isinstance(value, ListConfig) and len(value) != length:
+        why = f" ({meta['what']})" if "what" in meta else ""
+        problems.append(f"{full}: needs {length} values{why}, got {len(value)}")
+    if meta.get("sigmas"):
+        try:
+            check_sigmas(value, key=full)
+        except ValueError as err:
+            problems.append(str(err))
+
+
+def _check_target_field(value: Any, path: str, problems: list[str], *, supplied: Iterable[str] = ()) -> None:
+    if value is None:
+        return  # the field's type says whether null is allowed; every such field here allows it
+    if not (isinstance(value, DictConfig) and "_target_" in value):
+        problems.append(f"{path}: expected a node with a _target_")
+        return
+    check_target_node(value, path, problems, supplied=supplied)
+
+
+def _check_named_targets(node: Any, path: str, problems: list[str]) -> None:
+    """A mapping of named ``_target_`` nodes (loggers, callbacks); null switches one off."""
+    if node is None:
+        return
+    if not isinstance(node, DictConfig):
+        problems.append(f"{path}: expected a mapping of named entries")
+        return
+    for name in node:
+        entry = _node_value(node, str(name))
+        if entry is None or entry is _MISSING:
+            continue
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            problems.append(f"{path}.{name}: expected a node with a _target_ (or null)")
+            continue
+        check_target_node(entry, f"{path}.{name}", problems)
+
+
+def _check_steps(steps: Any, path: str, problems: list[str]) -> None:
+    """Preprocessing steps: an ordered mapping {name: step node or null}, or a list (old configs)."""
+    if steps is None:
+        return
+    if isinstance(steps, DictConfig):
+        _check_named_targets(steps, path, problems)
+        return
+    if not isinstance(steps, ListConfig):
+        problems.append(f"{path}: expected a mapping of named steps, got {type(steps).__name__}")
+        return
+    # check_nested checks each step's _target_ node; a step without one would never be built.
+    for i, step in enumerate(steps):
+        if not (isinstance(step, DictConfig) and "_target_" in step):
+            problems.append(f"{path}[{i}]: expected a node with a _target_")
+    check_nested(steps, path, problems)
 
 
 def _type_name(annotation: Any) -> str:
+    if inspect.isclass(annotation) and issubclass(annotation, Enum):
+        return "one of " + ", ".join(str(m.value) for m in annotation)
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 

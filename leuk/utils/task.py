@@ -102,9 +102,16 @@ def _config_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> DictConfi
     return None
 
 
-def task_wrapper(fn: F) -> F:
+def task_wrapper(fn: F | None = None, *, task: str | None = None) -> Any:
     """Log a failure with its traceback, record it in ``failed.json``, re-raise it, and always
-    finish the W&B run."""
+    finish the W&B run.
+
+    ``@task_wrapper`` records the task as the function's dotted name; ``@task_wrapper(task=...)``
+    records a fixed name, so that a function that moved (``leuk.train.train`` to ``leuk.cli``)
+    keeps the name that ``leuk.report`` and older ``failed.json`` files know it by.
+    """
+    if fn is None:
+        return functools.partial(task_wrapper, task=task)
 
     @functools.wraps(fn)
     def wrap(*args: Any, **kwargs: Any) -> Any:
@@ -117,7 +124,7 @@ def task_wrapper(fn: F) -> F:
             log.exception("the task failed")
             cfg = _config_argument(args, kwargs)
             if cfg is not None:
-                write_failure(cfg, error, task=_task_name(fn))
+                write_failure(cfg, error, task=task or _task_name(fn))
             raise
         finally:
             finish_wandb(exit_code=1 if failed else 0)

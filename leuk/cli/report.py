@@ -1,0 +1,48 @@
+"""``python -m leuk.cli.report <run or sweep folders...>`` (also ``python -m leuk.report`` and
+``leuk-report``): mean ± std over seeds and folds of every run below the folders, beside the papers'
+values; writes ``report.md`` and ``report.csv`` into the first folder (or ``--out``) and prints the
+table. The work is ``leuk.reporting.write_report``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from leuk.reporting import DEFAULT_SELECT, write_report
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m leuk.report",
+        description="Mean ± standard deviation over seeds and folds of every run below the folders given, "
+        "beside the papers' values; writes report.md and report.csv.",
+    )
+    parser.add_argument("folders", nargs="+", help="run or sweep folders (searched recursively)")
+    parser.add_argument("--out", help="where to write report.md and report.csv (default: the first folder)")
+    parser.add_argument(
+        "--references", help="a CSV of paper values in place of the packaged leuk/reference/paper_results.csv"
+    )
+    parser.add_argument(
+        "--select",
+        default=DEFAULT_SELECT,
+        help=f"the validation key that marks the best setting (default {DEFAULT_SELECT}; a *loss key is "
+        "minimized, others maximized); never a test key",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        md_path, csv_path, markdown = write_report(args.folders, args.out, args.references, args.select)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"leuk.report: {err}", file=sys.stderr)
+        return 2
+    print(markdown)
+    print(f"wrote {md_path} and {csv_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

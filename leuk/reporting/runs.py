@@ -1,0 +1,155 @@
+"""Loading run folders: each ``metrics.json`` is one completed run, each ``failed.json`` (written
+by ``leuk.utils.task.task_wrapper``) one failed run, with the run's Hydra config, group choices and
+overrides beside it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from leuk.utils.task import FAILED_FILE
+
+METRICS_FILE = "metrics.json"
+# The entry points whose failures are runs of the table (a failed leuk.eval leaves failed.json too):
+# the training task as recorded before and after the entry points moved to leuk.cli.
+TRAIN_TASKS = frozenset({"leuk.train.train", "leuk.cli.train.train"})
+# Overrides that repeat a protocol rather than change it: their runs are averaged in one row.
+# data.fold and data.fold_index are the keys of runs written before issue 16.
+REPEAT_KEYS = frozenset({"seed", "data.fold", "data.fold_index", "data.split.fold_index"})
+# Overrides already shown in a column of their own.
+SHOWN_KEYS = frozenset(
+    {"experiment", "model", "model.name", "data", "data/split", "data.image_size", "sweep"}
+)
+_FOLD = re.compile(r",? fold \d+")
+
+
+@dataclass
+class Run:
+    path: Path
+    failed: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+    failure: dict[str, Any] = field(default_factory=dict)
+    config: DictConfig | None = None
+    choices: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+
+    def lookup(self, key: str) -> Any:
+        """A config group's choice, a config value, or what metrics.json / failed.json recorded."""
+        if self.choices.get(key) is not None:
+            return self.choices[key]
+        if self.config is not None:
+            value = OmegaConf.select(self.config, key, throw_on_resolution_failure=False)
+            if value is not None:
+                return value
+        recorded = {"model.name": "model", "data.image_size": "image_size", "seed": "seed"}
+        if key in recorded:
+            return self.metrics.get(recorded[key], self.failure.get(recorded[key]))
+        return None
+
+    @property
+    def model(self) -> str:
+        return str(self.lookup("model.name") or "?")
+
+    @property
+    def data(self) -> str:
+        if self.choices.get("data"):
+            return str(self.choices["data"])
+        text = re.sub(r"\s*\(.*\)$", "", str(self.metrics.get("data") or "?"))
+        return "/".join(Path(text).parts[-2:]) if "/" in text else text
+
+    @property
+    def split(self) -> str:
+        text = self.metrics.get("split")
+        if not text and self.config is not None and "split" in self.config.get("data", {}):
+            text = _describe_split(self.config.data.split)
+        if not text:
+            text = self.choices.get("data/split") or "?"
+        return _FOLD.sub("", str(text))
+
+    @property
+    def setting(self) -> tuple[str, ...]:
+        kept = []
+        for override in self.overrides:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if key not in REPEAT_KEYS and key not in SHOWN_KEYS:
+                kept.append(override)
+        return tuple(sorted(kept))
+
+    @property
+    def key(self) -> tuple[str, str, str, str, int, tuple[str, ...]]:
+        size = self.lookup("data.image_size")
+        return (
+            str(self.choices.get("experiment") or ""),
+            self.data,
+            self.split,
+            self.model,
+            int(size) if isinstance(size, (int, float)) else -1,
+            self.setting,
+        )
+
+
+def _describe_split(node: DictConfig) -> str | None:
+    """The split's own description (as metrics.json has it), for a run that failed before writing it."""
+    try:
+        from hydra.utils import instantiate
+
+        return instantiate(node).describe()
+    except Exception:
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def load_run(run_dir: Path) -> Run:
+    """The run in ``run_dir`` (a completed run if its metrics.json is newer than any failed.json)."""
+    metrics_path, failed_path = run_dir / METRICS_FILE, run_dir / FAILED_FILE
+    failed = failed_path.is_file() and (
+        not metrics_path.is_file() or failed_path.stat().st_mtime > metrics_path.stat().st_mtime
+    )
+    run = Run(path=run_dir, failed=failed)
+    try:
+        if failed:
+            run.failure = _read_json(failed_path)
+        else:
+            run.metrics = _read_json(metrics_path)
+    except (OSError, ValueError) as err:
+        name = FAILED_FILE if failed else METRICS_FILE
+        run.failed = True
+        run.failure = {"status": "failed", "error": f"unreadable {name}: {err}"}
+    hydra_dir = run_dir / ".hydra"
+    if (hydra_dir / "config.yaml").is_file():
+        run.config = OmegaConf.load(hydra_dir / "config.yaml")
+    if (hydra_dir / "hydra.yaml").is_file():
+        choices = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.runtime.choices")
+        run.choices = OmegaConf.to_container(choices) if choices is not None else {}
+    if (hydra_dir / "overrides.yaml").is_file():
+        run.overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+    elif run.failure.get("overrides"):
+        run.overrides = [str(o) for o in run.failure["overrides"]]
+    return run
+
+
+def collect_runs(folders: Iterable[str | Path]) -> list[Run]:
+    """Every run folder below ``folders`` (each counted once, however the folders overlap)."""
+    seen: dict[Path, Run] = {}
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no such folder: {folder}")
+        for marker in (*folder.rglob(METRICS_FILE), *folder.rglob(FAILED_FILE)):
+            run_dir = marker.parent.resolve()
+            if run_dir not in seen:
+                seen[run_dir] = load_run(run_dir)
+    runs = [run for run in seen.values() if run.failure.get("task") in (None, *TRAIN_TASKS)]
+    return sorted(runs, key=lambda r: str(r.path))
