@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from leuk.data.synthetic import SyntheticSource
-from leuk.train import CheckpointMismatchError, train
+from leuk.checkpoints import CheckpointMismatchError
+from leuk.cli.train import train
 from tests.helpers import (
     OFFLINE_FROM_SCRATCH,
     PYTHON,
@@ -165,7 +166,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
     train(compose_config([*TINY, "logger=none", "trainer.max_epochs=1"], output_dir=tmp_path / "a"))
     ckpt = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
     ckpt["leuk_model_name"] = "resnet18"
-    ckpt["hyper_parameters"]["model"]["name"] = "resnet18"
+    ckpt["leuk"]["model"]["name"] = "resnet18"
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)
     cfg = compose_config([*TINY, "logger=none", f"ckpt_path={other}"], output_dir=tmp_path / "b")
