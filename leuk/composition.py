@@ -47,13 +47,15 @@ def plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
 
 
-def build_datamodule(cfg: DictConfig) -> Any:
-    """The DataModule of ``cfg.data``, with the run's seed, training augmentation and preprocessing."""
+def build_datamodule(cfg: DictConfig, **overrides: Any) -> Any:
+    """The DataModule of ``cfg.data``, with the run's seed, training augmentation and preprocessing
+    (and ``overrides`` of its arguments, e.g. the benchmark's batch size)."""
     return instantiate(
         cfg.data,
         seed=cfg.seed,
         train_transform=build_augmentation(cfg.augmentation.get("transforms"), seed=cfg.seed),
         preprocess=build_preprocess(cfg.preprocess.get("steps")),
+        **overrides,
     )
 
 
@@ -119,9 +121,10 @@ def scheduler_monitor(cfg: DictConfig, has_val: bool) -> str:
     return "train/loss" if not has_val and monitor.startswith("val/") else monitor
 
 
-def build_module(cfg: DictConfig, datamodule: Any) -> Classifier:
+def build_module(cfg: DictConfig, datamodule: Any, validated: bool | None = None) -> Classifier:
     """The LightningModule for ``cfg``, sized by the set-up ``datamodule`` (classes, input size,
-    class weights when ``data.balance=class_weights``)."""
+    class weights when ``data.balance=class_weights``). ``validated``: whether the fit validates
+    (default: whether the split has a validation part)."""
     net = build_net(cfg.model, datamodule.num_classes, datamodule.image_size)
     names = backbone_phase_names(cfg.model, net)
     optimizer = instantiate(cfg.optimizer)
@@ -139,7 +142,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> Classifier:
         optimizer=optimizer,
         scheduler=instantiate(sched.scheduler) if sched.get("scheduler") else None,
         scheduler_interval=sched.get("interval", "epoch"),
-        scheduler_monitor=scheduler_monitor(cfg, datamodule.has_val),
+        scheduler_monitor=scheduler_monitor(cfg, datamodule.has_val if validated is None else validated),
         scheduler_frequency=int(sched.get("frequency", 1)),
         metrics=classification_metrics(datamodule.num_classes, "", datamodule.class_names),
         class_names=datamodule.class_names,

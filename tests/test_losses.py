@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from leuk.losses import CEThenFocalLoss, FocalLoss
 from leuk.callbacks import LossSchedule
 from leuk.composition import build_callbacks, build_datamodule, build_module
+from leuk.losses import CEThenFocalLoss, FocalLoss
 from tests.helpers import TINY, compose_config, fit_two_short_epochs
 
 
@@ -109,7 +109,8 @@ def test_training_tells_the_loss_its_epoch(tmp_path: Path) -> None:
     datamodule.setup()
     module = build_module(cfg, datamodule)
     # Every training run has the loss schedule among its callbacks.
-    assert any(isinstance(c, LossSchedule) for c in build_callbacks(cfg, datamodule, module, have_logger=False))
+    callbacks = build_callbacks(cfg, datamodule, module, have_logger=False)
+    assert any(isinstance(c, LossSchedule) for c in callbacks)
     probe = _LossPhase()
     fit_two_short_epochs(module, datamodule, probe)
     assert probe.focal_by_epoch == {0: False, 1: True}

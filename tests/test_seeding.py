@@ -19,8 +19,8 @@ import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 
-from leuk.data.transforms import build_augmentation
 from leuk.composition import build_datamodule, build_module
+from leuk.data.transforms import build_augmentation
 from tests.helpers import TINY, compose_config, fit_two_short_epochs
 
 # Noise small enough to match an output to its original image, large enough that two independent

@@ -12,9 +12,9 @@ import pytest
 import timm
 import torch
 
-from leuk.models.registry import PretrainedWeightsError
 from leuk.cli.train import train
 from leuk.composition import build_datamodule, build_module
+from leuk.models.registry import PretrainedWeightsError
 from tests.helpers import TINY, compose_config
 
 # The weights of VGG16's block 5 (three 3×3 convolutions of 512 → 512 channels with biases): the
