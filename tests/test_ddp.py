@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from leuk.cli.train import train
 from leuk.data.dataset import UnpaddedDistributedSampler
 from leuk.data.synthetic import SyntheticSource
-from leuk.train import train
 from tests.helpers import PYTHON, TINY_LOADER, compose_config, subprocess_env
 
 # A tiny run takes well under a minute; a rank waiting at a collective the other never reaches

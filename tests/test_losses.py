@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
+from leuk.callbacks import LossSchedule
+from leuk.composition import build_callbacks, build_datamodule, build_module
 from leuk.losses import CEThenFocalLoss, FocalLoss
-from leuk.train import build_classifier, build_datamodule
 from tests.helpers import TINY, compose_config, fit_two_short_epochs
 
 
@@ -89,7 +90,9 @@ def test_loss_configs_instantiate(tmp_path: Path) -> None:
     assert staged.focal.alpha.tolist() == [0.5, 0.5, 1.0, 1.0]
 
 
-class _LossPhase(L.Callback):
+class _LossPhase(LossSchedule):
+    """The run's loss schedule, recording which loss each epoch trained with."""
+
     def __init__(self) -> None:
         self.focal_by_epoch: dict[int, bool] = {}
 
@@ -104,7 +107,10 @@ def test_training_tells_the_loss_its_epoch(tmp_path: Path) -> None:
     )
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    module = build_classifier(cfg, datamodule)
+    module = build_module(cfg, datamodule)
+    # Every training run has the loss schedule among its callbacks.
+    callbacks = build_callbacks(cfg, datamodule, module, have_logger=False)
+    assert any(isinstance(c, LossSchedule) for c in callbacks)
     probe = _LossPhase()
     fit_two_short_epochs(module, datamodule, probe)
     assert probe.focal_by_epoch == {0: False, 1: True}

@@ -19,8 +19,8 @@ import pytest
 import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 
+from leuk.composition import build_datamodule, build_module
 from leuk.data.transforms import build_augmentation
-from leuk.train import build_classifier, build_datamodule
 from tests.helpers import TINY, compose_config, fit_two_short_epochs
 
 # Noise small enough to match an output to its original image, large enough that two independent
@@ -30,13 +30,19 @@ REPLAY = 0.5  # fraction of equal noise values above which two draws are the sam
 
 
 def _datamodule(tmp_path: Path, seed: int, workers: int, persistent: bool = False) -> Any:
+    noise = ",".join(f"{k}:{v}" for k, v in NOISE[0].items())
     cfg = compose_config(
-        [*TINY, f"seed={seed}", f"data.num_workers={workers}", f"data.persistent_workers={persistent}"],
+        [
+            *TINY,
+            f"seed={seed}",
+            f"data.num_workers={workers}",
+            f"data.persistent_workers={persistent}",
+            f"augmentation.transforms=[{{{noise}}}]",
+        ],
         output_dir=tmp_path,
     )
     dm = build_datamodule(cfg)
     dm.setup()
-    dm.train_transform = build_augmentation(NOISE)
     return dm
 
 
@@ -161,7 +167,7 @@ def _fit(tmp_path: Path, workers: int) -> tuple[list[dict[str, float]], dict[str
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    module = build_classifier(cfg, datamodule)
+    module = build_module(cfg, datamodule)
     recorder = _LastMetrics()
     fit_two_short_epochs(module, datamodule, recorder)
     return recorder.epochs, {k: v.detach().clone() for k, v in module.state_dict().items()}

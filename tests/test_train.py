@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from leuk.checkpoints import CheckpointMismatchError
+from leuk.cli.train import train
 from leuk.data.synthetic import SyntheticSource
-from leuk.train import CheckpointMismatchError, train
 from tests.helpers import (
     OFFLINE_FROM_SCRATCH,
     PYTHON,
@@ -66,6 +67,7 @@ def tiny_folder(tmp_root: Path) -> str:
 def test_fast_dev_run_every_option(group: str, option: str, tmp_path: Path) -> None:
     if (group, option) in NEEDS_GPU and not torch.cuda.is_available():
         pytest.skip(f"{group}={option} needs a CUDA GPU")
+    # Plots are tested on purpose once (tests/test_eval.py); here they would only cost time.
     overrides = [f"{group}={option}", *TINY, "trainer.fast_dev_run=true"]
     if (group, option) in REAL_DATA:
         if data_dir() is None:
@@ -78,7 +80,7 @@ def test_fast_dev_run_every_option(group: str, option: str, tmp_path: Path) -> N
         overrides.append("logger=none")
     if group == "experiment":
         overrides += OFFLINE_FROM_SCRATCH
-    overrides += EXTRA_OVERRIDES.get((group, option), [])
+    overrides += [*EXTRA_OVERRIDES.get((group, option), []), "plots=false"]
     cfg = compose_config(overrides, output_dir=tmp_path)
     metrics = train(cfg)
     assert metrics["n_test"] > 0
@@ -165,7 +167,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
     train(compose_config([*TINY, "logger=none", "trainer.max_epochs=1"], output_dir=tmp_path / "a"))
     ckpt = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
     ckpt["leuk_model_name"] = "resnet18"
-    ckpt["hyper_parameters"]["model"]["name"] = "resnet18"
+    ckpt["leuk"]["model"]["name"] = "resnet18"
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)
     cfg = compose_config([*TINY, "logger=none", f"ckpt_path={other}"], output_dir=tmp_path / "b")
@@ -269,3 +271,41 @@ def test_noise_sigmas_after_the_test(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="noise_sigmas"):
         train(compose_config([*TINY, "noise_sigmas=[-1]"], output_dir=tmp_path / "bad"))
+
+
+def test_checkpoint_rebuilds_the_network_and_older_formats_load_or_are_refused(tmp_path: Path) -> None:
+    """load_trained rebuilds the tested network from the checkpoint alone (normalization
+    included); a checkpoint of main's format (1: hyperparameters, keys net.<arch>) loads the same
+    weights; an unknown format is refused naming the file and its version."""
+    from leuk.checkpoints import CheckpointError, load_trained
+
+    train(compose_config([*TINY, "logger=none", "trainer.max_epochs=1"], output_dir=tmp_path / "run"))
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, weights_only=False)
+    assert ckpt["leuk"]["format_version"] == 2 and ckpt["leuk"]["model"]["name"] == "mcb_hypernet"
+    trained = load_trained(path)
+    assert trained.model_name == "mcb_hypernet" and trained.image_size == ckpt["leuk"]["image_size"]
+    x = torch.randint(0, 256, (3, 3, trained.image_size, trained.image_size), dtype=torch.uint8)
+    probs = trained.module.predict_step((x, torch.zeros(3, dtype=torch.long)), 0)
+    assert probs.shape == (3, len(trained.class_names))
+    assert torch.allclose(probs.sum(dim=1), torch.ones(3))
+
+    old = dict(ckpt)
+    info = old.pop("leuk")
+    old["state_dict"] = {k.replace("net.body.", "net.", 1): v for k, v in ckpt["state_dict"].items()}
+    old["hyper_parameters"] = {**info, "loss": {"_target_": "torch.nn.CrossEntropyLoss"}}
+    torch.save(old, tmp_path / "old.ckpt")
+    assert torch.equal(load_trained(tmp_path / "old.ckpt").module.predict_step(x, 0), probs)
+    with pytest.raises(CheckpointError, match=r"format 1"):
+        train(
+            compose_config(
+                [*TINY, "logger=none", f"ckpt_path={tmp_path / 'old.ckpt'}"], output_dir=tmp_path / "b"
+            )
+        )
+
+    future = {**ckpt, "leuk": {**info, "format_version": 99}}
+    torch.save(future, tmp_path / "future.ckpt")
+    with pytest.raises(CheckpointError, match=r"future\.ckpt.*format 99"):
+        load_trained(tmp_path / "future.ckpt")
+    with pytest.raises(CheckpointError, match=r"missing\.ckpt"):
+        load_trained(tmp_path / "missing.ckpt")

@@ -12,8 +12,9 @@ import pytest
 import timm
 import torch
 
+from leuk.cli.train import train
+from leuk.composition import build_datamodule, build_module
 from leuk.models.registry import PretrainedWeightsError
-from leuk.train import build_classifier, build_datamodule, train
 from tests.helpers import TINY, compose_config
 
 # The weights of VGG16's block 5 (three 3×3 convolutions of 512 → 512 channels with biases): the
@@ -124,7 +125,7 @@ def test_local_weights_file_satisfies_the_paper_experiment(
     # The file's tensors are the ones the model starts from (block 5 included, which stays frozen).
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    module = build_classifier(cfg, datamodule)
+    module = build_module(cfg, datamodule)
     own = module.net.backbone.state_dict()
     # Every convolution comes from the file (timm's fc6/fc7 in it are not part of the model).
     assert {k for k in own} <= set(state)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from leuk.train import train
+from leuk.cli.train import train
 from tests.helpers import TINY, compose_config
 
 _RUNS: dict[str, Path] = {}

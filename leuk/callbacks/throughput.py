@@ -1,4 +1,4 @@
-"""Callbacks leuk always adds (the configurable ones come from ``conf/callbacks``)."""
+"""Training throughput, measured where data loading counts."""
 
 from __future__ import annotations
 

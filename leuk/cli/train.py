@@ -1,0 +1,142 @@
+"""Training: ``python -m leuk.cli.train [group=option ...] [key=value ...]`` (or ``leuk.train``).
+
+Build the run (``leuk.composition.build_run``), fit, validate and test the chosen checkpoint,
+write ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+import leuk  # noqa: F401  (registers the config resolvers before Hydra composes)
+from leuk.checkpoints import check_checkpoint
+from leuk.composition import build_run
+from leuk.config import config_dir
+from leuk.config.schema import validate_train_config
+from leuk.config.validate import check_sigmas
+from leuk.metrics import DEFINITIONS
+from leuk.models.registry import check_weights_policy
+from leuk.run_summary import (
+    data_summary,
+    image_metrics_on_test,
+    noise_metrics_on_test,
+    stage_metrics,
+    tested_checkpoint,
+    update_wandb_summary,
+)
+from leuk.utils.report import print_config_tree, print_metric_table, write_json
+from leuk.utils.task import task_wrapper
+
+log = logging.getLogger(__name__)
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then test the best (or, with ``test_checkpoint=last``, the last) checkpoint; return the
+    values written to ``metrics.json``."""
+    # `plots` is new in issue 16 (until the schema lists it).
+    validate_train_config(cfg, extra_top_level={"plots": bool})
+    if cfg.train:
+        # Before any image is decoded: weights that cannot be had, or frozen random weights.
+        check_weights_policy(cfg.model, image_size=cfg.data.get("image_size"))
+    if cfg.get("print_config"):
+        print_config_tree(cfg)
+    start = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    run = build_run(cfg)
+    datamodule, module, trainer = run.datamodule, run.module, run.trainer
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path, cfg.model.name)
+
+    if trainer.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        datamodule.split_frame().to_csv(out_dir / "split.csv", index=False)
+        hparams = OmegaConf.to_container(cfg, resolve=True)
+        hparams["data_summary"] = datamodule.summary
+        for logger in run.loggers:
+            logger.log_hyperparams(hparams)
+
+    if cfg.train:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics: dict[str, Any] = {}
+    which = cfg.get("test_checkpoint", "best")
+    if cfg.train:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        tested = tested_checkpoint(trainer, which, best)
+    else:
+        best = tested = cfg.get("ckpt_path") or ""
+    metrics.update({"test_checkpoint": which, "tested_checkpoint": tested})
+    if cfg.train and datamodule.has_val and not trainer.fast_dev_run:
+        # The tested checkpoint's validation metrics: what a sweep may select on (test/* must
+        # stay untouched by model selection).
+        trainer.validate(module, datamodule=datamodule, ckpt_path=tested or None, verbose=False)
+        metrics.update(stage_metrics(trainer, "val"))
+    if cfg.test:
+        if not tested and which == "best":
+            log.warning(
+                "no checkpoint to test (fast_dev_run or no checkpointing): testing the current weights"
+            )
+        trainer.test(module, datamodule=datamodule, ckpt_path=tested or None, verbose=False)
+        metrics.update(stage_metrics(trainer, "test"))
+        sigmas = check_sigmas(cfg.get("noise_sigmas"))
+        # Rank 0 predicts the whole test split alone; its metrics gather nothing from the other
+        # ranks (compute_metrics does not sync), which have left by then.
+        if sigmas and trainer.is_global_zero:
+            metrics.update(noise_metrics_on_test(module, datamodule, sigmas, cfg.seed))
+        confusion = run.test_outputs.confusion_matrix or []
+        metrics["test/confusion_matrix"] = confusion
+        # The samples tested: images, or with ALDL's per-lesion patches the patches (as the paper
+        # counts them); n_test_images counts the images they came from.
+        metrics["n_test"] = int(sum(map(sum, confusion)))
+        metrics["n_test_images"] = datamodule.summary["n_test"]
+        metrics.update(image_metrics_on_test(run.test_outputs.outputs, datamodule))
+        if trainer.is_global_zero:
+            metrics["plots"] = run.test_outputs.plots
+
+    metrics.update(
+        {
+            "model": cfg.model.name,
+            **data_summary(datamodule),
+            "seed": cfg.seed,
+            "class_names": datamodule.class_names,
+            "n_train": datamodule.summary["n_train"],
+            "n_val": datamodule.summary["n_val"],
+            "epochs_trained": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "best_checkpoint": best,
+            "train_images_per_s": run.throughput.images_per_second,
+            "wall_time_s": time.perf_counter() - start,
+            "metric_definitions": DEFINITIONS,
+        }
+    )
+    if "n_patches" in datamodule.summary:
+        metrics["n_patches"] = datamodule.summary["n_patches"]
+        metrics["patches_per_image"] = datamodule.summary["patches_per_image"]
+    if trainer.is_global_zero:
+        write_json(out_dir / "metrics.json", metrics)
+        update_wandb_summary(run.loggers, metrics)
+        if cfg.test:
+            print_metric_table(metrics)
+        log.info("run folder: %s", out_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    # The value an Optuna sweep optimizes (``optimized_metric: val/mcc`` etc.).
+    key = cfg.get("optimized_metric")
+    return float(metrics[key]) if key and metrics.get(key) is not None else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""What a training run writes to ``metrics.json`` beyond the Trainer's own metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from leuk.inference import add_noise, batches
+from leuk.metrics import compute_metrics, is_confusion_key
+from leuk.robustness import flatten
+
+log = logging.getLogger(__name__)
+
+
+def stage_metrics(trainer: L.Trainer, stage: str) -> dict[str, float]:
+    # Confusion cells are left out: the matrix is written whole.
+    return {
+        k: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith(f"{stage}/") and not is_confusion_key(k)
+    }
+
+
+def tested_checkpoint(trainer: L.Trainer, which: str, best: str) -> str:
+    """The checkpoint to validate and test after fitting (``test_checkpoint``): ``best``, or
+    ``last``, the weights after the last epoch; "" when there is no such file (the module then
+    holds the last epoch's weights itself)."""
+    if which == "last":
+        callback = trainer.checkpoint_callback
+        return (getattr(callback, "last_model_path", "") or "") if callback else ""
+    return best
+
+
+def image_metrics_on_test(outputs: dict[str, np.ndarray] | None, datamodule: Any) -> dict[str, float]:
+    """With per-lesion patches (ALDL): the test metrics per image, an image's prediction being the
+    mean of its patches' probabilities (``test_image/*``); {} for one sample per image, or where
+    the test loop did not see every patch (fast_dev_run, limit_test_batches)."""
+    owner = getattr(datamodule, "patch_owner", None)
+    if owner is None or outputs is None:
+        return {}
+    test_set = datamodule.dataset("test")
+    if len(outputs["targets"]) != len(test_set):
+        return {}
+    images = owner[np.asarray(test_set.indices)[outputs["indices"]]]
+    ids, inverse = np.unique(images, return_inverse=True)
+    probs = np.zeros((len(ids), outputs["probs"].shape[1]), np.float64)
+    np.add.at(probs, inverse, outputs["probs"])
+    probs /= np.bincount(inverse)[:, None]
+    return compute_metrics(probs, datamodule.labels[ids], datamodule.class_names, prefix="test_image/")
+
+
+@torch.no_grad()
+def noise_metrics_on_test(
+    module: L.LightningModule, datamodule: Any, sigmas: list[float], seed: int
+) -> dict[str, float]:
+    """The tested checkpoint's metrics on noisy copies of the test split, as ``noise/<σ>/<metric>``:
+    zero-mean noise of σ per pixel and channel (0–255 scale), drawn with the same seed for every σ
+    (the rows differ by the noise's strength, not its draw).
+
+    Everything happens in this process (no DDP collective), so rank 0 may call it alone."""
+    test_set = datamodule.dataset("test")
+    images = np.stack([test_set.image(i) for i in range(len(test_set))])
+    labels = test_set.labels[np.asarray(test_set.indices)]
+    module.eval()
+    device = next(module.parameters()).device
+    rows = []
+    for sigma in sigmas:
+        generator = torch.Generator().manual_seed(seed)
+        probs = [
+            module.predict_step(add_noise(x, float(sigma), generator).to(device), 0).cpu()
+            for x in batches(images, datamodule.batch_size)
+        ]
+        values = compute_metrics(torch.cat(probs).numpy(), labels, datamodule.class_names, prefix="test/")
+        rows.append({"sigma": float(sigma), **{k: v for k, v in values.items() if k.count("/") == 1}})
+    log.info("noise robustness (accuracy by σ): %s", {r["sigma"]: round(r["test/accuracy"], 4) for r in rows})
+    return flatten(rows)
+
+
+def update_wandb_summary(loggers: list[Any], metrics: dict[str, Any]) -> None:
+    # Test metrics logged after the last training step otherwise show only as history, not in the
+    # W&B runs table where sweeps are compared.
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(numbers)
+
+
+def data_summary(datamodule: Any) -> dict[str, Any]:
+    """The data side of ``metrics.json``."""
+    s = datamodule.summary
+    out = {
+        "data": s["data_source"],
+        "split": s["split_protocol"],
+        "grouping": s["grouping"],
+        "groups_merged": s["images_merged_into_groups"],
+        # Subjects in two splits (null for a source without subject IDs): a C-NMC run under the
+        # image-level protocol tests on cells of people it trained on.
+        "subject_grouping": s["subject_grouping"],
+        "n_subjects": s["n_subjects"],
+        "subjects_shared": s["subjects_shared"],
+        "bad_images_skipped": s["bad_images_skipped"],
+        "non_image_files_ignored": s["non_image_files_ignored"],
+        "preprocess": s["preprocess"],
+        "preprocess_stats": s["preprocess_stats"],
+        "balance": s["balance"],
+        "train_copies_added": s["train_copies_added"],
+        "class_counts": s["class_counts"],
+        "image_size": datamodule.image_size,
+    }
+    return out
