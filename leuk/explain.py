@@ -1,7 +1,9 @@
 """Grad-CAM heat maps (the ``grad-cam`` package, extra ``explain``).
 
 The target layer is the one the network names with ``gradcam_layer()`` (the module whose output
-covers its whole representation, e.g. a fused multi-branch map), else its last convolution.
+covers its whole representation, e.g. a fused multi-branch map), else its last convolution. The
+network is the trained one, normalization included (``TrainedModel.net``): it takes pixels on the
+0–255 scale, as every other inference path does.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from leuk.inference import normalize
-from leuk.models.module import Classifier
 from leuk.plots import image_grid_plot
 
 
@@ -34,7 +34,8 @@ def require_grad_cam() -> None:
 def last_conv_layer(net: nn.Module, image_size: int) -> tuple[str, nn.Conv2d]:
     """The last ``nn.Conv2d`` the forward pass runs (not the last one registered: branches and
     heads may be declared in any order)."""
-    names = {m: n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    arch = getattr(net, "body", net)
+    names = {m: n for n, m in arch.named_modules() if isinstance(m, nn.Conv2d)}
     if not names:
         raise NoConvolutionError(
             f"Grad-CAM needs a convolutional layer, and {type(net).__name__} has no nn.Conv2d; "
@@ -55,12 +56,14 @@ def last_conv_layer(net: nn.Module, image_size: int) -> tuple[str, nn.Conv2d]:
 
 def gradcam_target(net: nn.Module, image_size: int) -> tuple[str, nn.Module]:
     """Grad-CAM's target layer and its qualified name: ``net.gradcam_layer()`` where the network
-    defines it, else :func:`last_conv_layer`."""
+    defines it, else :func:`last_conv_layer`. Names are the architecture's own (``net.body``'s,
+    behind the normalization layer)."""
     hook = getattr(net, "gradcam_layer", None)
     if not callable(hook):
         return last_conv_layer(net, image_size)
     layer = hook()
-    name = next((n for n, m in net.named_modules() if m is layer), None)
+    arch = getattr(net, "body", net)
+    name = next((n for n, m in arch.named_modules() if m is layer), None)
     if name is None:
         raise ValueError(
             f"{type(net).__name__}.gradcam_layer() returned a module that is not part of the network"
@@ -68,24 +71,24 @@ def gradcam_target(net: nn.Module, image_size: int) -> tuple[str, nn.Module]:
     return name, layer
 
 
-def grad_cam(module: Classifier, images: np.ndarray, targets: Sequence[int], layer: nn.Module) -> np.ndarray:
+def grad_cam(net: nn.Module, images: np.ndarray, targets: Sequence[int], layer: nn.Module) -> np.ndarray:
     """One heat map (H×W in [0, 1]) per HWC uint8 image, for the class given in ``targets``."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    device = module.mean.device
-    x = normalize(module, torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device))
-    cam = GradCAM(model=module.net, target_layers=[layer])
+    device = next(net.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().to(device)
+    cam = GradCAM(model=net, target_layers=[layer])
     try:
         with torch.enable_grad():
             return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
     finally:
         cam.activations_and_grads.release()
-        module.net.zero_grad(set_to_none=True)
+        net.zero_grad(set_to_none=True)
 
 
 def gradcam_grid(
-    module: Classifier,
+    net: nn.Module,
     images: np.ndarray,
     targets: np.ndarray,
     probs: np.ndarray,
@@ -97,7 +100,7 @@ def gradcam_grid(
     overlaid on the images, in one grid (a row per class)."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    layer_name, layer = gradcam_target(module.net, images.shape[1])
+    layer_name, layer = gradcam_target(net, images.shape[1])
     # A row per class: a class with fewer images leaves its row's remaining cells blank.
     slots = [
         [int(i) for i in np.flatnonzero(targets == k)[:per_class]] + [-1] * per_class
@@ -109,7 +112,7 @@ def gradcam_grid(
     heat: dict[int, np.ndarray] = {}
     for start in range(0, len(chosen), 16):
         part = chosen[start : start + 16]
-        heat.update(zip(part, grad_cam(module, images[part], preds[part], layer), strict=True))
+        heat.update(zip(part, grad_cam(net, images[part], preds[part], layer), strict=True))
     blank = np.ones(images.shape[1:], np.float32)
     overlays, titles = [], []
     for i in (i for row in slots for i in row):

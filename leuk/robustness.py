@@ -1,7 +1,8 @@
 """Gaussian-noise robustness (the MobileNet_M paper's table): metrics on noisy copies of a test set.
 
-Shared by ``leuk.eval`` (any checkpoint, any folder) and ``leuk.train`` (``noise_sigmas`` in the run
+Shared by ``leuk.eval`` (any checkpoint, any folder) and training (``noise_sigmas`` in the run
 config: the run's own test split, right after its test, so a sweep's report can average the table).
+The noisy copies go through ``trainer.predict`` like the clean images (``PredictionDataModule.noisy``).
 """
 
 from __future__ import annotations
@@ -9,32 +10,45 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import lightning as L
 import numpy as np
 
-from leuk.inference import predict_proba
+from leuk.data.prediction import PredictionDataModule
 from leuk.metrics import compute_metrics
-from leuk.models.module import Classifier
+from leuk.predictions import predict_probs, prediction_trainer
 from leuk.utils.report import noise_key
 
 
 def noise_rows(
-    module: Classifier,
-    images: np.ndarray,
+    module: L.LightningModule,
+    images: np.ndarray | PredictionDataModule,
     labels: np.ndarray,
     class_names: Sequence[str],
     sigmas: Sequence[float],
     batch_size: int,
     seed: int,
     prefix: str = "test/",
+    trainer: L.Trainer | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per σ: the aggregate metrics (no per-class values) on ``images`` with zero-mean
-    noise of σ per pixel and channel, clipped to 0–255.
+    """One row per σ: the aggregate metrics (no per-class values) on ``images`` (HWC uint8, or a
+    set-up ``PredictionDataModule``) with zero-mean noise of σ per pixel and channel, clipped to 0–255.
 
-    Everything happens in this process (no DDP collective), so one rank may call it alone."""
+    ``trainer``: a prediction Trainer (``leuk.predictions.prediction_trainer``); by default one on
+    the module's device. Everything happens in this process (no DDP collective), so one rank may
+    call it alone."""
+    if isinstance(images, PredictionDataModule):
+        clean = images
+    else:
+        paths = [str(i) for i in range(len(images))]
+        clean = PredictionDataModule(
+            paths, images.shape[1], labels=labels, batch_size=batch_size, images=images
+        )
+    if trainer is None:
+        trainer = prediction_trainer(next(module.parameters()).device)
     rows = []
     for sigma in sigmas:
         # The same seed for every σ: the rows differ by the noise's strength, not by its draw.
-        probs = predict_proba(module, images, batch_size, noise_sigma=float(sigma), seed=seed)
+        probs = predict_probs(trainer, module, clean.noisy(float(sigma), seed))
         values = compute_metrics(probs, labels, list(class_names), prefix=prefix)
         rows.append({"sigma": float(sigma), **{k: v for k, v in values.items() if k.count("/") == 1}})
     return rows

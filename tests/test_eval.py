@@ -13,13 +13,14 @@ import torch
 from torch import nn
 
 from leuk.abstention import abstention, coverage_curve
+from leuk.cli.eval import evaluate
+from leuk.cli.train import train
 from leuk.config.validate import ConfigError
-from leuk.eval import evaluate
+from leuk.data.prediction import PredictionDataModule, add_noise
 from leuk.explain import NoConvolutionError, last_conv_layer
 from leuk.hybrid import require_xgboost
-from leuk.inference import add_noise
 from leuk.plots import load_history, training_curves_plot
-from leuk.train import train
+from leuk.predictions import predictions_table
 from tests.helpers import TINY, compose_config
 from tests.tiny_run import tiny_run
 
@@ -146,6 +147,57 @@ def test_noise_is_seeded_clipped_and_zero_at_sigma_zero() -> None:
     mid = torch.full((1, 3, 64, 64), 128, dtype=torch.uint8)
     diff = add_noise(mid, 10.0, torch.Generator().manual_seed(2)) - 128
     assert abs(float(diff.mean())) < 0.5 and float(diff.std()) == pytest.approx(10.0, rel=0.05)
+
+
+def test_noisy_batches_are_those_of_the_seeded_generator_in_order() -> None:
+    """The prediction loader's noisy batches: noise drawn per batch, in order, from one generator
+    seeded afresh for each predict call (the values leuk gave before it went through trainer.predict)."""
+    images = np.random.default_rng(0).integers(0, 256, (5, 6, 6, 3), dtype=np.uint8)
+    clean = PredictionDataModule(
+        [f"{i}" for i in range(5)], 6, labels=[0, 1, 0, 1, 0], batch_size=2, images=images
+    )
+    noisy = clean.noisy(5.0, seed=3)
+    noisy.setup()
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(2):  # a second predict call draws the same noise again
+        expected = [
+            add_noise(torch.from_numpy(images[i : i + 2]).permute(0, 3, 1, 2), 5.0, generator)
+            for i in (0, 2, 4)
+        ]
+        got = list(noisy.predict_dataloader())
+        assert [x.shape[0] for x, _ in got] == [2, 2, 1]
+        for (x, y), want in zip(got, expected, strict=True):
+            assert torch.equal(x, want) and y.dtype == torch.int64
+        generator = torch.Generator().manual_seed(3)
+    zero = next(iter(clean.noisy(0.0, seed=3).predict_dataloader()))[0]
+    assert torch.equal(zero, torch.from_numpy(images[:2]).permute(0, 3, 1, 2).float())
+
+
+def test_predictions_table_columns() -> None:
+    probs = np.array([[0.9, 0.1], [0.4, 0.6]], np.float32)
+    frame = predictions_table(["a.png", "b.png"], probs, ["hem", "all"], 0.7, true_labels=[0, 0])
+    assert list(frame.columns) == [
+        "path",
+        "true_class",
+        "predicted_class",
+        "confidence",
+        "uncertain",
+        "prob_hem",
+        "prob_all",
+    ]
+    assert frame["predicted_class"].tolist() == ["hem", "all"] and frame["uncertain"].tolist() == [
+        False,
+        True,
+    ]
+    without = predictions_table([], np.zeros((0, 2)), ["hem", "all"], 0.7)
+    assert list(without.columns) == [
+        "path",
+        "predicted_class",
+        "confidence",
+        "uncertain",
+        "prob_hem",
+        "prob_all",
+    ]
 
 
 def test_abstention_counts() -> None:

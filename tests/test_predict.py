@@ -10,12 +10,17 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from omegaconf import OmegaConf
 
-from leuk.inference import _preprocess_for
-from leuk.models.module import Classifier
-from leuk.predict import predict
-from leuk.train import build_datamodule
+from leuk.callbacks import TestOutputs as KeptTestOutputs
+from leuk.checkpoints import load_trained
+from leuk.cli.eval import evaluate
+from leuk.cli.predict import predict
+from leuk.composition import build_datamodule
+from leuk.data.prediction import PredictionDataModule
+from leuk.predictions import predict_probs, prediction_trainer
+from leuk.predictions import run_preprocess as _preprocess_for
 from tests.helpers import TINY, compose_config
 from tests.tiny_run import tiny_run
 
@@ -56,12 +61,18 @@ def test_predict_folder_lists_the_corrupt_file(run_dir: Path, tmp_path: Path) ->
     # The same checkpoint through the Lightning test loop on the run's own test split.
     cfg = compose_config([*TINY, "logger=none"], output_dir=tmp_path / "check")
     datamodule = build_datamodule(cfg)
-    module = Classifier.from_checkpoint(checkpoint(run_dir))
-    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).test(
-        module, datamodule=datamodule, verbose=False
-    )
-    outputs = module.test_outputs
-    names = module.hparams.class_names
+    trained = load_trained(checkpoint(run_dir))
+    kept = KeptTestOutputs(tmp_path / "check", write_plots=False)
+    L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[kept],
+    ).test(trained.module, datamodule=datamodule, verbose=False)
+    outputs = kept.outputs
+    assert outputs is not None
+    names = trained.class_names
     probs = frame[[f"prob_{n}" for n in names]].to_numpy()
     order = [copies[p] for p in frame["path"]]
     np.testing.assert_allclose(probs, outputs["probs"][np.argsort(outputs["indices"])][order], atol=1e-5)
@@ -107,3 +118,29 @@ def test_predict_applies_the_runs_preprocessing(run_dir: Path, tmp_path: Path) -
     a = pd.read_csv(tmp_path / "a" / "predictions.csv").filter(like="prob_").to_numpy()
     b = pd.read_csv(tmp_path / "b" / "predictions.csv").filter(like="prob_").to_numpy()
     assert not np.allclose(a, b, atol=1e-7)
+
+
+def test_eval_and_predict_give_the_same_probabilities(run_dir: Path, tmp_path: Path) -> None:
+    """One inference path: an image's probabilities in eval's and predict's predictions.csv are those
+    of trainer.predict on a PredictionDataModule of that image."""
+    split = pd.read_csv(run_dir / "split.csv")
+    image = str(Path(split.loc[split["split"] == "test", "path"].iloc[0]).resolve())
+    predict(compose_config([f"ckpt_path={checkpoint(run_dir)}", f"input={image}"], tmp_path / "p", "predict"))
+    evaluate(
+        compose_config(
+            [f"ckpt_path={checkpoint(run_dir)}", "noise_sigmas=[0]", "latency=false"], tmp_path / "e", "eval"
+        )
+    )
+    trained = load_trained(checkpoint(run_dir))
+    columns = [f"prob_{n}" for n in trained.class_names]
+    predicted = pd.read_csv(tmp_path / "p" / "predictions.csv")[columns].to_numpy()
+    evaluated = pd.read_csv(tmp_path / "e" / "predictions.csv")
+    evaluated = evaluated.loc[evaluated["path"].map(lambda p: str(Path(p).resolve())) == image, columns]
+    direct = predict_probs(
+        prediction_trainer(torch.device("cpu")),
+        trained.module,
+        PredictionDataModule([image], trained.image_size),
+    )
+    assert direct.shape == (1, len(columns))
+    np.testing.assert_allclose(predicted, direct, atol=1e-6)
+    np.testing.assert_allclose(evaluated.to_numpy(), direct, atol=1e-6)

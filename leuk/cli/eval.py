@@ -1,0 +1,350 @@
+"""Evaluate a checkpoint: ``python -m leuk.cli.eval ckpt_path=<run>/checkpoints/<x>.ckpt [data=...]``
+(or ``leuk.eval``).
+
+On the run's own test split (its ``split.csv``) or on every image of a data set's folder: the test
+metrics, their robustness to Gaussian noise, abstention below a confidence threshold, inference
+latency, optionally the hybrid XGBoost classifier and Grad-CAM heat maps. Every prediction goes
+through ``trainer.predict`` (``leuk.predictions``). Writes ``eval.json``, ``predictions.csv`` and
+``plots/`` into the evaluation's own run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import hydra
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+import leuk  # noqa: F401  (registers the config resolvers before Hydra composes)
+from leuk.abstention import abstention, coverage_curve
+from leuk.checkpoints import TrainedModel, load_trained
+from leuk.config import config_dir
+from leuk.config.schema import DATA_SUPPLIED
+from leuk.config.validate import ConfigError, check_keys, check_sigmas, check_target_node
+from leuk.data.decode import BadImagesError
+from leuk.data.prediction import PredictionDataModule
+from leuk.latency import measure_inference
+from leuk.metrics import DEFINITIONS, compute_metrics, confusion_matrix
+from leuk.plots import confusion_matrix_plot, coverage_plot, misclassified_plot, noise_plot, roc_plot
+from leuk.predictions import (
+    PenultimateFeatures,
+    describe_preprocess,
+    device_name,
+    load_split,
+    predict_probs,
+    prediction_trainer,
+    predictions_table,
+    preprocess_for_run,
+    resolve_device,
+    run_dir_of,
+)
+from leuk.robustness import noise_rows
+from leuk.utils.report import print_config_tree, print_metric_table, write_json
+from leuk.utils.task import task_wrapper
+
+log = logging.getLogger(__name__)
+
+# lead: replaced by leuk.config.schema.validate_eval_config (the schema helper's dataclasses).
+EVAL_SCHEMA: dict[str, Any] = {
+    "ckpt_path": str,
+    "data": dict | None,
+    "paths": dict,
+    "hydra": dict,
+    "task_name": str,
+    "split": Literal["train", "val", "test"],
+    "seed": int,
+    "batch_size": int,
+    "device": str,
+    "noise_sigmas": list,
+    "abstain_threshold": float,
+    "latency": bool,
+    "latency_warmup": int,
+    "latency_iters": int,
+    "latency_batch_size": int,
+    "xgboost": bool,
+    "xgboost_params": dict,
+    "gradcam": bool,
+    "gradcam_per_class": int,
+    "misclassified_max": int,
+    "print_config": bool,
+}
+# The metrics of the noise table and figure.
+NOISE_KEYS = ("accuracy", "balanced_accuracy", "f1", "mcc", "auroc")
+
+
+def validate_eval_config(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` listing every problem of an evaluation config, before anything runs."""
+    problems: list[str] = []
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        problems.append("ckpt_path: required (ckpt_path=<run>/checkpoints/<name>.ckpt)")
+    check_keys(cfg, "", EVAL_SCHEMA, problems)
+    if cfg.get("data") is not None:
+        check_target_node(cfg.data, "data", problems, supplied=DATA_SUPPLIED)
+        if OmegaConf.is_missing(cfg.data, "root"):
+            problems.append("data.root: required with a data config (the folder to evaluate)")
+    for key in ("batch_size", "latency_iters", "latency_batch_size"):
+        if isinstance(cfg.get(key), int) and cfg[key] < 1:
+            problems.append(f"{key}: must be at least 1, got {cfg[key]}")
+    for key in ("latency_warmup", "gradcam_per_class", "misclassified_max"):
+        if isinstance(cfg.get(key), int) and cfg[key] < 0:
+            problems.append(f"{key}: must be at least 0, got {cfg[key]}")
+    threshold = cfg.get("abstain_threshold")
+    if isinstance(threshold, (int, float)) and not 0.0 <= threshold <= 1.0:
+        problems.append(f"abstain_threshold: a softmax confidence in [0, 1], got {threshold}")
+    try:
+        check_sigmas(cfg.get("noise_sigmas"))
+    except ValueError as err:
+        problems.append(str(err))
+    if problems:
+        raise ConfigError(problems)
+
+
+def _check_extras(cfg: DictConfig) -> None:
+    """Missing optional packages stop the evaluation at start, not after the slow parts."""
+    if cfg.xgboost:
+        from leuk.hybrid import require_xgboost
+
+        require_xgboost()
+    if cfg.gradcam:
+        from leuk.explain import require_grad_cam
+
+        require_grad_cam()
+
+
+@dataclass
+class EvalSet:
+    """The images to evaluate: paths, labels in the checkpoint's class order, where they came from."""
+
+    paths: list[str]
+    labels: np.ndarray
+    description: str
+
+
+def _from_split(split: pd.DataFrame | None, part: str, run_dir: Path, class_names: list[str]) -> EvalSet:
+    if split is None:
+        raise FileNotFoundError(
+            f"no split.csv in the checkpoint's run folder {run_dir}: evaluate a data set's folder instead "
+            "(data=folder data.root=/path/to/class/folders)"
+        )
+    rows = split[split["split"] == part]
+    for label, name in zip(rows["label"], rows["class_name"], strict=True):
+        if not 0 <= label < len(class_names) or class_names[label] != name:
+            raise ValueError(
+                f"split.csv of {run_dir} names class {label} '{name}', the checkpoint {class_names}: "
+                "the checkpoint is not this run's"
+            )
+    return EvalSet(
+        rows["path"].tolist(), rows["label"].to_numpy(np.int64), f"{part} split of {run_dir / 'split.csv'}"
+    )
+
+
+def _from_data(data: DictConfig, class_names: list[str]) -> EvalSet:
+    # data.source builds the source from data.root, as the training DataModule calls it.
+    scan = instantiate(data.source)(root=data.get("root")).scan()
+    unknown = [c for c in scan.class_names if c not in class_names]
+    if unknown:
+        raise ValueError(
+            f"the data set's classes {scan.class_names} include {unknown}, which the checkpoint does "
+            f"not know (its classes: {class_names}); use the data config that names the folders as in "
+            "training (e.g. data=all), or data.source.classes"
+        )
+    labels = np.array([class_names.index(scan.class_names[r.label]) for r in scan.records], np.int64)
+    return EvalSet([r.path for r in scan.records], labels, scan.description)
+
+
+def _decoded(
+    eval_set: EvalSet, trained: TrainedModel, preprocess: Any, batch_size: int
+) -> PredictionDataModule:
+    """The set's images, decoded once; an unreadable one stops the evaluation (metrics need them all)."""
+    datamodule = PredictionDataModule(
+        eval_set.paths,
+        trained.image_size,
+        labels=eval_set.labels,
+        preprocess=preprocess,
+        batch_size=batch_size,
+    )
+    datamodule.setup()
+    if datamodule.bad:
+        raise BadImagesError(datamodule.bad)
+    return datamodule
+
+
+def _xgboost(
+    trained: TrainedModel,
+    trainer: L.Trainer,
+    split: pd.DataFrame | None,
+    test: PredictionDataModule,
+    preprocess: Any,
+    cfg: DictConfig,
+    run_dir: Path,
+) -> dict[str, Any]:
+    from leuk.hybrid import xgboost_report
+
+    if split is None:
+        raise FileNotFoundError(
+            f"xgboost=true fits on the run's training split, but {run_dir} has no split.csv"
+        )
+    extractor = PenultimateFeatures(trained.net, trained.model_name)
+    features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for part in ("train", "val"):
+        part_set = _from_split(split, part, run_dir, trained.class_names)
+        if not part_set.paths:
+            continue
+        images = _decoded(part_set, trained, preprocess, cfg.batch_size)
+        features[part] = (predict_probs(trainer, extractor, images), part_set.labels)
+    if "train" not in features:
+        raise ValueError(f"xgboost=true: the run's split.csv ({run_dir}) has no training images")
+    features["test"] = (predict_probs(trainer, extractor, test), test.labels)
+    return xgboost_report(features, trained.class_names, OmegaConf.to_container(cfg.xgboost_params), cfg.seed)
+
+
+def _print_summary(result: dict[str, Any], prefix: str) -> None:
+    print_metric_table(result["metrics"], prefix=prefix, title=f"{prefix.rstrip('/')} metrics")
+    table = Table(title="Gaussian noise (0–255 scale)")
+    table.add_column("σ", justify="right")
+    for key in NOISE_KEYS:
+        table.add_column(key, justify="right")
+    for row in result["noise"]:
+        table.add_row(f"{row['sigma']:g}", *(f"{row.get(prefix + k, float('nan')):.4f}" for k in NOISE_KEYS))
+    Console().print(table)
+    a = result["abstention"]
+    covered = "n/a" if a["accuracy_covered"] is None else f"{a['accuracy_covered']:.4f}"
+    Console().print(
+        f"abstention at {a['threshold']:g}: coverage {a['coverage']:.3f}, accuracy on covered {covered}, "
+        f"{a['n_uncertain']} uncertain"
+    )
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run the evaluation ``cfg`` asks for; return what is written to ``eval.json``."""
+    validate_eval_config(cfg)
+    _check_extras(cfg)
+    if cfg.get("print_config"):
+        print_config_tree(cfg)
+    start = time.perf_counter()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots_dir = out_dir / "plots"
+    device = resolve_device(cfg.device)
+    trained = load_trained(cfg.ckpt_path)
+    class_names, size = trained.class_names, trained.image_size
+    run_dir = run_dir_of(cfg.ckpt_path)
+    split = load_split(run_dir)
+    data = cfg.get("data")
+    eval_set = (
+        _from_data(data, class_names)
+        if data is not None
+        else _from_split(split, cfg.split, run_dir, class_names)
+    )
+    if not eval_set.paths:
+        raise ValueError(f"nothing to evaluate in the {eval_set.description}")
+    prefix = "test/" if data is not None else f"{cfg.split}/"
+    preprocess = preprocess_for_run(run_dir, split, trained.preprocess_steps)
+    test = _decoded(eval_set, trained, preprocess, cfg.batch_size)
+    log.info("evaluating %d images of the %s on %s", len(test.images), eval_set.description, device)
+
+    trainer = prediction_trainer(device)
+    probs = predict_probs(trainer, trained.module, test)
+    targets = test.labels
+    matrix = confusion_matrix(probs, targets, len(class_names))
+    result: dict[str, Any] = {
+        "checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()),
+        "run_dir": str(run_dir),
+        "model": trained.model_name,
+        "class_names": class_names,
+        "image_size": size,
+        "data": eval_set.description,
+        "n_images": len(targets),
+        "preprocess": describe_preprocess(preprocess),
+        "device": device_name(device),
+        "metrics": {
+            **compute_metrics(probs, targets, class_names, prefix=prefix),
+            f"{prefix}confusion_matrix": matrix,
+        },
+    }
+    predictions_table(test.paths, probs, class_names, cfg.abstain_threshold, targets).to_csv(
+        out_dir / "predictions.csv", index=False
+    )
+    sigmas = [float(s) for s in cfg.noise_sigmas]
+    result["noise"] = noise_rows(
+        trained.module, test, targets, class_names, sigmas, cfg.batch_size, cfg.seed, prefix, trainer
+    )
+    result["noise_seed"] = cfg.seed
+    result["abstention"] = {
+        **abstention(probs, targets, cfg.abstain_threshold, class_names),
+        "curve": coverage_curve(probs, targets),
+    }
+    plots = {
+        "confusion_matrix": confusion_matrix_plot(matrix, class_names, plots_dir / "confusion_matrix.png"),
+        "roc": roc_plot(probs, targets, class_names, plots_dir / "roc.png", title="ROC (one-vs-rest)"),
+        "misclassified": misclassified_plot(
+            probs,
+            targets,
+            np.arange(len(targets)),
+            lambda i: test.images[i],
+            class_names,
+            plots_dir / "misclassified.png",
+            cfg.misclassified_max,
+        ),
+        "noise": noise_plot(result["noise"], plots_dir / "noise.png", [prefix + k for k in NOISE_KEYS]),
+        "coverage": coverage_plot(
+            result["abstention"]["curve"], cfg.abstain_threshold, plots_dir / "coverage.png"
+        ),
+    }
+    if cfg.latency:
+        result["latency"] = {
+            "device": result["device"],
+            "batch_size": int(cfg.latency_batch_size),
+            "threads": torch.get_num_threads(),
+            **measure_inference(
+                trained.net,
+                device,
+                size,
+                warmup=cfg.latency_warmup,
+                iters=cfg.latency_iters,
+                batch_size=cfg.latency_batch_size,
+            ),
+        }
+    if cfg.xgboost:
+        result["xgboost"] = _xgboost(trained, trainer, split, test, preprocess, cfg, run_dir)
+    if cfg.gradcam:
+        from leuk.explain import gradcam_grid
+
+        result["gradcam"] = gradcam_grid(
+            trained.net.to(device),
+            test.images,
+            targets,
+            probs,
+            class_names,
+            cfg.gradcam_per_class,
+            plots_dir / "gradcam.png",
+        )
+        plots["gradcam"] = plots_dir / "gradcam.png"
+    result["plots"] = {name: str(path.relative_to(out_dir)) for name, path in plots.items()}
+    result["wall_time_s"] = time.perf_counter() - start
+    result["metric_definitions"] = DEFINITIONS
+    write_json(out_dir / "eval.json", result)
+    _print_summary(result, prefix)
+    log.info("evaluation folder: %s", out_dir)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

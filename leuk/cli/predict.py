@@ -1,0 +1,160 @@
+"""Classify new images: ``python -m leuk.cli.predict ckpt_path=<x>.ckpt input=<file or folder>``
+(or ``leuk.predict``).
+
+Writes ``predictions.csv`` (path, predicted class, confidence, uncertain flag, each class's
+probability) into its own run folder and prints a summary. Files that cannot be read are listed (on
+the console and in ``unreadable.csv``) and the others are still predicted. The images go through
+``trainer.predict`` as in ``leuk.eval`` (``leuk.predictions``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+import leuk  # noqa: F401  (registers the config resolvers before Hydra composes)
+from leuk.checkpoints import load_trained
+from leuk.config import config_dir
+from leuk.config.validate import ConfigError, check_keys
+from leuk.data.prediction import PredictionDataModule
+from leuk.data.sources import IMAGE_EXTENSIONS
+from leuk.predictions import (
+    describe_preprocess,
+    load_split,
+    predict_probs,
+    prediction_trainer,
+    predictions_table,
+    preprocess_for_run,
+    resolve_device,
+    run_dir_of,
+)
+from leuk.utils.report import print_config_tree
+from leuk.utils.task import task_wrapper
+
+log = logging.getLogger(__name__)
+
+# lead: replaced by leuk.config.schema.validate_predict_config (the schema helper's dataclasses).
+PREDICT_SCHEMA: dict[str, Any] = {
+    "ckpt_path": str,
+    "input": str,
+    "paths": dict,
+    "hydra": dict,
+    "task_name": str,
+    "abstain_threshold": float,
+    "batch_size": int,
+    "device": str,
+    "print_config": bool,
+}
+# Images decoded at a time (at least one batch): a large folder is never held in memory at once.
+CHUNK = 256
+
+
+def validate_predict_config(cfg: DictConfig) -> None:
+    problems: list[str] = []
+    for key, example in (("ckpt_path", "<run>/checkpoints/<name>.ckpt"), ("input", "<image or folder>")):
+        if OmegaConf.is_missing(cfg, key):
+            problems.append(f"{key}: required ({key}={example})")
+    check_keys(cfg, "", PREDICT_SCHEMA, problems)
+    threshold = cfg.get("abstain_threshold")
+    if isinstance(threshold, (int, float)) and not 0.0 <= threshold <= 1.0:
+        problems.append(f"abstain_threshold: a softmax confidence in [0, 1], got {threshold}")
+    if isinstance(cfg.get("batch_size"), int) and cfg.batch_size < 1:
+        problems.append(f"batch_size: must be at least 1, got {cfg.batch_size}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def find_images(input_path: str | Path) -> list[str]:
+    """The image itself, or every file with an image extension below a folder (sorted)."""
+    path = Path(input_path).expanduser()
+    if path.is_file():
+        return [str(path.resolve())]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input: no such file or folder '{path}'")
+    files = (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(str(p.resolve()) for p in files)
+
+
+def _print_summary(
+    frame: pd.DataFrame, class_names: list[str], bad: list[tuple[str, str]], out: Path
+) -> None:
+    table = Table(title=f"predictions: {len(frame)} images")
+    table.add_column("class")
+    table.add_column("predicted", justify="right")
+    table.add_column("of them uncertain", justify="right")
+    for name in class_names:
+        mine = frame["predicted_class"] == name
+        table.add_row(name, str(int(mine.sum())), str(int((mine & frame["uncertain"]).sum())))
+    console = Console()
+    console.print(table)
+    if bad:
+        console.print(f"{len(bad)} file(s) could not be read (listed in {out / 'unreadable.csv'}):")
+        for path, reason in bad:
+            console.print(f"  {path}: {reason}", markup=False)
+    console.print(f"predictions: {out / 'predictions.csv'}", markup=False)
+
+
+@task_wrapper
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Predict every image of ``cfg.input``; return a summary (the rows are in predictions.csv)."""
+    validate_predict_config(cfg)
+    if cfg.get("print_config"):
+        print_config_tree(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trained = load_trained(cfg.ckpt_path)
+    class_names = trained.class_names
+    run_dir = run_dir_of(cfg.ckpt_path)
+    preprocess = preprocess_for_run(run_dir, load_split(run_dir), trained.preprocess_steps)
+    paths = find_images(cfg.input)
+    if not paths:
+        raise FileNotFoundError(f"input: no image files ({', '.join(IMAGE_EXTENSIONS)}) in '{cfg.input}'")
+
+    trainer = prediction_trainer(resolve_device(cfg.device))
+    kept: list[str] = []
+    probs: list[np.ndarray] = []
+    bad: list[tuple[str, str]] = []
+    chunk = max(cfg.batch_size, CHUNK)
+    for start in range(0, len(paths), chunk):
+        part = PredictionDataModule(
+            paths[start : start + chunk], trained.image_size, preprocess=preprocess, batch_size=cfg.batch_size
+        )
+        part.setup()
+        bad += part.bad
+        if part.paths:
+            kept += part.paths
+            probs.append(predict_probs(trainer, trained.module, part))
+    all_probs = np.concatenate(probs) if probs else np.zeros((0, len(class_names)), np.float32)
+    frame = predictions_table(kept, all_probs, class_names, cfg.abstain_threshold)
+    frame.to_csv(out_dir / "predictions.csv", index=False)
+    if bad:
+        pd.DataFrame(bad, columns=["path", "reason"]).to_csv(out_dir / "unreadable.csv", index=False)
+        log.warning("%d file(s) could not be read: %s", len(bad), [p for p, _ in bad][:10])
+    _print_summary(frame, class_names, bad, out_dir)
+    return {
+        "checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()),
+        "n_images": len(paths),
+        "n_predicted": len(frame),
+        "n_uncertain": int(frame["uncertain"].sum()),
+        "predicted_per_class": {n: int((frame["predicted_class"] == n).sum()) for n in class_names},
+        "unreadable": [{"path": p, "reason": r} for p, r in bad],
+        "preprocess": describe_preprocess(preprocess),
+        "predictions_csv": str(out_dir / "predictions.csv"),
+    }
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()
