@@ -7,12 +7,10 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from leuk.inference import add_noise, batches
 from leuk.metrics import compute_metrics, is_confusion_key
-from leuk.robustness import flatten
+from leuk.robustness import flatten, noise_rows
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +52,15 @@ def image_metrics_on_test(outputs: dict[str, np.ndarray] | None, datamodule: Any
     return compute_metrics(probs, datamodule.labels[ids], datamodule.class_names, prefix="test_image/")
 
 
-@torch.no_grad()
 def noise_metrics_on_test(
     module: L.LightningModule, datamodule: Any, sigmas: list[float], seed: int
 ) -> dict[str, float]:
-    """The tested checkpoint's metrics on noisy copies of the test split, as ``noise/<σ>/<metric>``:
-    zero-mean noise of σ per pixel and channel (0–255 scale), drawn with the same seed for every σ
-    (the rows differ by the noise's strength, not its draw).
-
-    Everything happens in this process (no DDP collective), so rank 0 may call it alone."""
+    """The tested checkpoint's metrics on noisy copies of the test split, as ``noise/<σ>/<metric>``."""
     test_set = datamodule.dataset("test")
     images = np.stack([test_set.image(i) for i in range(len(test_set))])
     labels = test_set.labels[np.asarray(test_set.indices)]
     module.eval()
-    device = next(module.parameters()).device
-    rows = []
-    for sigma in sigmas:
-        generator = torch.Generator().manual_seed(seed)
-        probs = [
-            module.predict_step(add_noise(x, float(sigma), generator).to(device), 0).cpu()
-            for x in batches(images, datamodule.batch_size)
-        ]
-        values = compute_metrics(torch.cat(probs).numpy(), labels, datamodule.class_names, prefix="test/")
-        rows.append({"sigma": float(sigma), **{k: v for k, v in values.items() if k.count("/") == 1}})
+    rows = noise_rows(module, images, labels, datamodule.class_names, sigmas, datamodule.batch_size, seed)
     log.info("noise robustness (accuracy by σ): %s", {r["sigma"]: round(r["test/accuracy"], 4) for r in rows})
     return flatten(rows)
 

@@ -17,7 +17,6 @@ from leuk import explain
 from leuk.config import config_dir
 from leuk.config.validate import ConfigError
 from leuk.models import create_model
-from leuk.models.module import Classifier
 from leuk.models.morphology import MorphologicalContextBlock, dilate, erode
 from leuk.train import train
 from tests.helpers import TINY, compose_config
@@ -190,21 +189,15 @@ def test_mcb_gradcam_layer_outputs_the_fused_map() -> None:
 def test_mcb_gradcam_map_on_the_fused_map(tmp_path: Path) -> None:
     pytest.importorskip("pytorch_grad_cam", reason="grad-cam (the 'explain' extra) is not installed")
     cfg = compose_config([], output_dir=tmp_path)
-    module = Classifier(
-        model=cfg.model,
-        loss=cfg.loss,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.scheduler,
-        num_classes=2,
-        class_names=["a", "b"],
-        image_size=64,
-    ).eval()
+    from leuk.composition import build_net
+
+    net = build_net(cfg.model, 2, 64).eval()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
-    _, layer = explain.gradcam_target(module.net, 64)
-    heat = explain.grad_cam(module, images, [0, 1], layer)
+    _, layer = explain.gradcam_target(net, 64)
+    heat = explain.grad_cam(net, images, [0, 1], layer)
     assert heat.shape == (2, 64, 64) and np.isfinite(heat).all()
     assert heat.min() >= 0.0 and heat.max() <= 1.0
     probs = np.array([[0.6, 0.4], [0.3, 0.7]])
-    result = explain.gradcam_grid(module, images, np.array([0, 1]), probs, ["a", "b"], 1, tmp_path / "g.png")
+    result = explain.gradcam_grid(net, images, np.array([0, 1]), probs, ["a", "b"], 1, tmp_path / "g.png")
     assert result["layer"] == "fuse" and (tmp_path / "g.png").is_file()

@@ -441,8 +441,8 @@ def test_timing_helper(tmp_path: Path) -> None:
 def test_training_run_preprocesses_and_keeps_its_steps(tmp_path: Path) -> None:
     """A run with a fitted step: the cached pass keeps its stats, and the checkpoint alone (no
     Hydra config beside it) gives prediction the same fitted pipeline."""
-    from leuk.inference import load_split, preprocess_for_run
-    from leuk.models.module import Classifier
+    from leuk.checkpoints import load_trained
+    from leuk.predictions import load_split, preprocess_for_run
     from leuk.train import train
 
     overrides = [*TINY, "preprocess=reinhard", "trainer.max_epochs=1", "logger=none", "data.cache=disk"]
@@ -452,7 +452,7 @@ def test_training_run_preprocesses_and_keeps_its_steps(tmp_path: Path) -> None:
     assert first["preprocess_stats"] and again["preprocess_stats"] == first["preprocess_stats"]
     assert again["preprocess"] == first["preprocess"]
 
-    module = Classifier.from_checkpoint(first["best_checkpoint"])
-    assert module.hparams.preprocess_steps["reinhard"]["_target_"].endswith("Reinhard")
-    pipeline = preprocess_for_run(tmp_path / "a", load_split(tmp_path / "a"), module)
+    trained = load_trained(first["best_checkpoint"])
+    assert trained.preprocess_steps["reinhard"]["_target_"].endswith("Reinhard")
+    pipeline = preprocess_for_run(tmp_path / "a", load_split(tmp_path / "a"), trained.preprocess_steps)
     assert pipeline is not None and pipeline.cache_key() == first["preprocess"]

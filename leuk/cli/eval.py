@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import hydra
 import lightning as L
@@ -30,8 +30,7 @@ import leuk  # noqa: F401  (registers the config resolvers before Hydra composes
 from leuk.abstention import abstention, coverage_curve
 from leuk.checkpoints import TrainedModel, load_trained
 from leuk.config import config_dir
-from leuk.config.schema import DATA_SUPPLIED
-from leuk.config.validate import ConfigError, check_keys, check_sigmas, check_target_node
+from leuk.config.schema import validate_eval_config
 from leuk.data.decode import BadImagesError
 from leuk.data.prediction import PredictionDataModule
 from leuk.latency import measure_inference
@@ -55,59 +54,8 @@ from leuk.utils.task import task_wrapper
 
 log = logging.getLogger(__name__)
 
-# lead: replaced by leuk.config.schema.validate_eval_config (the schema helper's dataclasses).
-EVAL_SCHEMA: dict[str, Any] = {
-    "ckpt_path": str,
-    "data": dict | None,
-    "paths": dict,
-    "hydra": dict,
-    "task_name": str,
-    "split": Literal["train", "val", "test"],
-    "seed": int,
-    "batch_size": int,
-    "device": str,
-    "noise_sigmas": list,
-    "abstain_threshold": float,
-    "latency": bool,
-    "latency_warmup": int,
-    "latency_iters": int,
-    "latency_batch_size": int,
-    "xgboost": bool,
-    "xgboost_params": dict,
-    "gradcam": bool,
-    "gradcam_per_class": int,
-    "misclassified_max": int,
-    "print_config": bool,
-}
 # The metrics of the noise table and figure.
 NOISE_KEYS = ("accuracy", "balanced_accuracy", "f1", "mcc", "auroc")
-
-
-def validate_eval_config(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` listing every problem of an evaluation config, before anything runs."""
-    problems: list[str] = []
-    if OmegaConf.is_missing(cfg, "ckpt_path"):
-        problems.append("ckpt_path: required (ckpt_path=<run>/checkpoints/<name>.ckpt)")
-    check_keys(cfg, "", EVAL_SCHEMA, problems)
-    if cfg.get("data") is not None:
-        check_target_node(cfg.data, "data", problems, supplied=DATA_SUPPLIED)
-        if OmegaConf.is_missing(cfg.data, "root"):
-            problems.append("data.root: required with a data config (the folder to evaluate)")
-    for key in ("batch_size", "latency_iters", "latency_batch_size"):
-        if isinstance(cfg.get(key), int) and cfg[key] < 1:
-            problems.append(f"{key}: must be at least 1, got {cfg[key]}")
-    for key in ("latency_warmup", "gradcam_per_class", "misclassified_max"):
-        if isinstance(cfg.get(key), int) and cfg[key] < 0:
-            problems.append(f"{key}: must be at least 0, got {cfg[key]}")
-    threshold = cfg.get("abstain_threshold")
-    if isinstance(threshold, (int, float)) and not 0.0 <= threshold <= 1.0:
-        problems.append(f"abstain_threshold: a softmax confidence in [0, 1], got {threshold}")
-    try:
-        check_sigmas(cfg.get("noise_sigmas"))
-    except ValueError as err:
-        problems.append(str(err))
-    if problems:
-        raise ConfigError(problems)
 
 
 def _check_extras(cfg: DictConfig) -> None:

@@ -16,14 +16,14 @@ from typing import Any
 import hydra
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
 import leuk  # noqa: F401  (registers the config resolvers before Hydra composes)
 from leuk.checkpoints import load_trained
 from leuk.config import config_dir
-from leuk.config.validate import ConfigError, check_keys
+from leuk.config.schema import validate_predict_config
 from leuk.data.prediction import PredictionDataModule
 from leuk.data.sources import IMAGE_EXTENSIONS
 from leuk.predictions import (
@@ -41,35 +41,8 @@ from leuk.utils.task import task_wrapper
 
 log = logging.getLogger(__name__)
 
-# lead: replaced by leuk.config.schema.validate_predict_config (the schema helper's dataclasses).
-PREDICT_SCHEMA: dict[str, Any] = {
-    "ckpt_path": str,
-    "input": str,
-    "paths": dict,
-    "hydra": dict,
-    "task_name": str,
-    "abstain_threshold": float,
-    "batch_size": int,
-    "device": str,
-    "print_config": bool,
-}
 # Images decoded at a time (at least one batch): a large folder is never held in memory at once.
 CHUNK = 256
-
-
-def validate_predict_config(cfg: DictConfig) -> None:
-    problems: list[str] = []
-    for key, example in (("ckpt_path", "<run>/checkpoints/<name>.ckpt"), ("input", "<image or folder>")):
-        if OmegaConf.is_missing(cfg, key):
-            problems.append(f"{key}: required ({key}={example})")
-    check_keys(cfg, "", PREDICT_SCHEMA, problems)
-    threshold = cfg.get("abstain_threshold")
-    if isinstance(threshold, (int, float)) and not 0.0 <= threshold <= 1.0:
-        problems.append(f"abstain_threshold: a softmax confidence in [0, 1], got {threshold}")
-    if isinstance(cfg.get("batch_size"), int) and cfg.batch_size < 1:
-        problems.append(f"batch_size: must be at least 1, got {cfg.batch_size}")
-    if problems:
-        raise ConfigError(problems)
 
 
 def find_images(input_path: str | Path) -> list[str]:

@@ -9,16 +9,16 @@ import hydra
 from omegaconf import DictConfig
 
 import leuk  # noqa: F401  (config resolvers)
+from leuk.composition import build_datamodule
 from leuk.config import config_dir
-from leuk.config.schema import validate_train_config
+from leuk.config.schema import validate_preview_config
 from leuk.data.preview import preview as write_preview
-from leuk.train import build_datamodule  # lead: leuk.composition
 
 
 def preview(cfg: DictConfig) -> Path:
     """Check ``cfg`` (``preview.yaml``), build its DataModule as training does and write
     ``preview.png`` into the run folder."""
-    validate_train_config(cfg, extra_top_level={"preview": dict})
+    validate_preview_config(cfg)
     p = cfg.preview
     return write_preview(
         build_datamodule(cfg),

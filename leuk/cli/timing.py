@@ -43,7 +43,7 @@ def compose_train(overrides: Sequence[str], output_dir: Path) -> DictConfig:
 
 def time_cache(overrides: Sequence[str], epochs: int) -> dict[str, Any]:
     """The three cache settings of ``leuk.data.timing``, each from scratch, in a temporary cache."""
-    from leuk.train import build_datamodule  # lead: leuk.composition
+    from leuk.composition import build_datamodule
 
     with tempfile.TemporaryDirectory(prefix="leuk-timing-") as tmp:
         base = [*overrides, f"data.cache_dir={tmp}/decoded"]

@@ -42,7 +42,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then test the best (or, with ``test_checkpoint=last``, the last) checkpoint; return the
     values written to ``metrics.json``."""
     # `plots` is new in issue 16 (until the schema lists it).
-    validate_train_config(cfg, extra_top_level={"plots": bool})
+    validate_train_config(cfg)
     if cfg.train:
         # Before any image is decoded: weights that cannot be had, or frozen random weights.
         check_weights_policy(cfg.model, image_size=cfg.data.get("image_size"))
