@@ -136,6 +136,11 @@ def test_default_tests_the_best_checkpoint_and_bad_values_are_named(tmp_path: Pa
         train(cfg)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="Lightning 2.6 refreshes last.ckpt (save_last=True) only when a top-k checkpoint is "
+    "written, so last.ckpt holds the last improving epoch; leuk.train.tested_checkpoint reads it",
+)
 def test_test_checkpoint_last_tests_the_last_epoch(tmp_path: Path) -> None:
     overrides = [
         *TINY,
@@ -150,6 +155,9 @@ def test_test_checkpoint_last_tests_the_last_epoch(tmp_path: Path) -> None:
     assert Path(metrics["tested_checkpoint"]) == tmp_path / "checkpoints" / "last.ckpt"
     # The best checkpoint (by val/loss) is still kept and named, but not the one tested.
     assert Path(metrics["best_checkpoint"]).name.startswith("epoch_")
+    # What was tested holds the weights after the last epoch, whichever epoch was best (in this
+    # run val/loss is lowest after epoch 0).
+    assert torch.load(metrics["tested_checkpoint"], weights_only=False)["epoch"] == 1
 
 
 # ---------------------------------------------------------------- Grad-CAM
