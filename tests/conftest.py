@@ -71,3 +71,36 @@ def all_taleqani(real_data: Path) -> AllTaleqani:
     labels = np.array([r.label for r in scan.records])
     groups = group_images(decoded.sha256, decoded.dhash, max_distance=4)
     return AllTaleqani(scan, decoded, labels, groups)
+
+
+@dataclass(frozen=True)
+class QuickstartRun:
+    """The quick start shrunk to seconds: its metrics.json values and its per-epoch history."""
+
+    metrics: dict
+    history: list[dict[str, float]]
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> QuickstartRun:
+    """One short CPU run of the default config (the README's quick start) on fewer, smaller
+    synthetic images; shared by the check that it learns and the check that it generalizes."""
+    from leuk.plots import load_history
+    from leuk.train import train
+
+    out = tmp_path_factory.mktemp("quickstart")
+    cfg = compose_config(
+        [
+            "data.source.images_per_class=60",
+            "data.image_size=48",
+            "data.batch_size=16",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+            "trainer.max_epochs=6",
+            "trainer.enable_progress_bar=false",
+            "logger=csv",
+        ],
+        output_dir=out,
+    )
+    metrics = train(cfg)
+    return QuickstartRun(metrics, load_history(out / "csv" / "metrics.csv"))
