@@ -12,8 +12,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/leuk-tests-inductor")
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig
 
 _SESSION_CACHE = tempfile.mkdtemp(prefix="leuk-tests-cache-")
@@ -21,7 +23,10 @@ os.environ["LEUK_CACHE_DIR"] = _SESSION_CACHE
 
 import pytest  # noqa: E402
 
-from tests.helpers import compose_config, data_dir  # noqa: E402
+from leuk.data.decode import DecodedImages, decode_all  # noqa: E402
+from leuk.data.grouping import Grouping, group_images  # noqa: E402
+from leuk.data.sources import SourceScan, scan_class_folders  # noqa: E402
+from tests.helpers import ALL_CLASSES, compose_config, data_dir  # noqa: E402
 
 # The configs find the real data through LEUK_DATA_DIR; point it at ../shared/data when that exists.
 if data_dir() is not None:
@@ -44,3 +49,58 @@ def compose_cfg(tmp_path: Path):
         return compose_config(overrides, output_dir=tmp_path, config_name=config_name)
 
     return _compose
+
+
+@dataclass(frozen=True)
+class AllTaleqani:
+    """The ALL data read once: its scan, its 16 px decode (the hashes; the grouping does not depend
+    on the training image size), its labels and its near-duplicate groups (dHash distance ≤ 4)."""
+
+    scan: SourceScan
+    decoded: DecodedImages
+    labels: np.ndarray
+    groups: Grouping
+
+
+@pytest.fixture(scope="session")
+def all_taleqani(real_data: Path) -> AllTaleqani:
+    """Reading and hashing the 3,256 ALL images takes about 2 s on 2 cores: once per session, not
+    once per test module that checks the reader, the duplicates or the splits on them."""
+    scan = scan_class_folders(real_data / "all_taleqani" / "Original", ALL_CLASSES)
+    decoded = decode_all([r.path for r in scan.records], 16, mode="none")
+    labels = np.array([r.label for r in scan.records])
+    groups = group_images(decoded.sha256, decoded.dhash, max_distance=4)
+    return AllTaleqani(scan, decoded, labels, groups)
+
+
+@dataclass(frozen=True)
+class QuickstartRun:
+    """The quick start shrunk to seconds: its metrics.json values and its per-epoch history."""
+
+    metrics: dict
+    history: list[dict[str, float]]
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> QuickstartRun:
+    """One short CPU run of the default config (the README's quick start) on fewer, smaller
+    synthetic images; shared by the check that it learns and the check that it generalizes."""
+    from leuk.plots import load_history
+    from leuk.train import train
+
+    out = tmp_path_factory.mktemp("quickstart")
+    cfg = compose_config(
+        [
+            "data.source.images_per_class=60",
+            "data.image_size=48",
+            "data.batch_size=16",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+            "trainer.max_epochs=6",
+            "trainer.enable_progress_bar=false",
+            "logger=csv",
+        ],
+        output_dir=out,
+    )
+    metrics = train(cfg)
+    return QuickstartRun(metrics, load_history(out / "csv" / "metrics.csv"))

@@ -30,6 +30,8 @@ TINY = TINY_SYNTHETIC + TINY_LOADER
 # A paper experiment that fine-tunes ImageNet weights, run offline without them: from scratch,
 # knowingly (the weights policy refuses frozen random weights otherwise).
 OFFLINE_FROM_SCRATCH = ["model.pretrained=false", "model.allow_random_frozen=true"]
+# The ALL data set's class folders (name prefix -> class name).
+ALL_CLASSES = {"Benign": "Benign", "Early": "Early Pre-B", "Pre": "Pre-B", "Pro": "Pro-B"}
 
 
 def data_dir() -> Path | None:

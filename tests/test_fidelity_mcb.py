@@ -4,6 +4,7 @@ map as Grad-CAM's target, the grid of Sec. 4.1, and testing the model of the las
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,11 @@ def test_default_tests_the_best_checkpoint_and_bad_values_are_named(tmp_path: Pa
         train(cfg)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="Lightning 2.6 refreshes last.ckpt (save_last=True) only when a top-k checkpoint is "
+    "written, so last.ckpt holds the last improving epoch; leuk.train.tested_checkpoint reads it",
+)
 def test_test_checkpoint_last_tests_the_last_epoch(tmp_path: Path) -> None:
     overrides = [
         *TINY,
@@ -149,6 +155,9 @@ def test_test_checkpoint_last_tests_the_last_epoch(tmp_path: Path) -> None:
     assert Path(metrics["tested_checkpoint"]) == tmp_path / "checkpoints" / "last.ckpt"
     # The best checkpoint (by val/loss) is still kept and named, but not the one tested.
     assert Path(metrics["best_checkpoint"]).name.startswith("epoch_")
+    # What was tested holds the weights after the last epoch, whichever epoch was best (in this
+    # run val/loss is lowest after epoch 0).
+    assert torch.load(metrics["tested_checkpoint"], weights_only=False)["epoch"] == 1
 
 
 # ---------------------------------------------------------------- Grad-CAM
@@ -201,3 +210,21 @@ def test_mcb_gradcam_map_on_the_fused_map(tmp_path: Path) -> None:
     probs = np.array([[0.6, 0.4], [0.3, 0.7]])
     result = explain.gradcam_grid(net, images, np.array([0, 1]), probs, ["a", "b"], 1, tmp_path / "g.png")
     assert result["layer"] == "fuse" and (tmp_path / "g.png").is_file()
+
+
+# ---------------------------------------------------------------- the quick start's default model
+@pytest.mark.xfail(
+    reason="issue 16: in this run's six epochs of 12 steps the default MCB-HyperNet's eval-mode "
+    "(BatchNorm running statistics) predictions collapse to one or two classes, on its training "
+    "images too, while its training accuracy reaches 0.6-0.7; val/loss is lowest after epoch 0, "
+    "which is the checkpoint tested",
+)
+def test_quickstart_generalizes(quickstart_run) -> None:
+    """The held-out half of the quick-start check (tests/test_train.py's test_quickstart_learns)."""
+    metrics = quickstart_run.metrics
+    # Six epochs leave accuracy on 24 test images noisy (seeds 42, 0, 1, 2, 3 gave 0.708-0.458
+    # before issue 13 made the model the paper's); AUROC and loss were stable: 0.79-0.85 and
+    # 0.90-1.16, against 0.5 and ln(4) = 1.386 at chance.
+    assert metrics["test/auroc"] >= 0.7, metrics
+    assert metrics["test/loss"] < math.log(4) - 0.08, metrics
+    assert metrics["test/accuracy"] >= 0.375, metrics  # 1.5x chance (0.25)
