@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 
+from leuk.callbacks.last_checkpoint import LastEpochCheckpoint
 from leuk.metrics import compute_metrics, is_confusion_key
 from leuk.robustness import flatten, noise_rows
 
@@ -29,8 +30,8 @@ def tested_checkpoint(trainer: L.Trainer, which: str, best: str) -> str:
     ``last``, the weights after the last epoch; "" when there is no such file (the module then
     holds the last epoch's weights itself)."""
     if which == "last":
-        callback = trainer.checkpoint_callback
-        return (getattr(callback, "last_model_path", "") or "") if callback else ""
+        last = next((cb for cb in trainer.callbacks if isinstance(cb, LastEpochCheckpoint)), None)
+        return (last.best_model_path or "") if last is not None else ""
     return best
 
 

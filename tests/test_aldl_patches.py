@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from leuk.composition import build_datamodule
 from leuk.data.decode import decode_file
 from leuk.preprocess.base import PreprocessConfigError
 from leuk.preprocess.lesion import LesionCrop
-from leuk.train import build_datamodule, image_metrics_on_test, train
+from leuk.run_summary import image_metrics_on_test
+from leuk.train import train
 from tests.helpers import compose_config
 
 CLASSES = ("Benign", "Early", "Pre", "Pro")
@@ -194,12 +196,10 @@ def test_image_metrics_average_each_images_patches() -> None:
         dataset=lambda split: _Sized(np.array([0, 1, 2])),
     )
     probs = np.array([[0.6, 0.4], [0.1, 0.9], [0.8, 0.2]], np.float32)
-    module = SimpleNamespace(
-        test_outputs={"probs": probs, "targets": np.array([1, 1, 0]), "indices": np.arange(3)}
-    )
-    metrics = image_metrics_on_test(module, datamodule)
+    outputs = {"probs": probs, "targets": np.array([1, 1, 0]), "indices": np.arange(3)}
+    metrics = image_metrics_on_test(outputs, datamodule)
     assert metrics["test_image/accuracy"] == 1.0  # patch-wise it would be 2/3
-    assert image_metrics_on_test(module, SimpleNamespace(patch_owner=None)) == {}
+    assert image_metrics_on_test(outputs, SimpleNamespace(patch_owner=None)) == {}
 
 
 class _Sized:

@@ -266,9 +266,9 @@ def test_named_preprocess_steps_are_checked_by_name(tmp_path) -> None:
 
 
 def test_plots_switch_is_a_boolean(tmp_path) -> None:
-    validate_train_config(compose_config(["+plots=false"], output_dir=tmp_path))
+    validate_train_config(compose_config(["plots=false"], output_dir=tmp_path))
     with pytest.raises(ConfigError, match="plots: 'often' does not fit the expected type bool"):
-        validate_train_config(compose_config(["+plots=often"], output_dir=tmp_path))
+        validate_train_config(compose_config(["plots=often"], output_dir=tmp_path))
 
 
 @pytest.mark.parametrize(("name", "section"), [("bench", "bench"), ("preview", "preview")])

@@ -282,7 +282,7 @@ def test_inspect_reports_duplicates(tmp_path: Path) -> None:
 def test_class_weights_reach_the_loss(tmp_path: Path) -> None:
     import torch
 
-    from leuk.models.module import build_loss
+    from leuk.composition import build_criterion as build_loss
     from leuk.train import train
 
     root = synthetic_folder(tmp_path, n=20)
@@ -296,8 +296,8 @@ def test_class_weights_reach_the_loss(tmp_path: Path) -> None:
     )  # fmt: skip
     metrics = train(cfg)
     assert metrics["balance"] == "class_weights"
-    hp = torch.load(metrics["best_checkpoint"], weights_only=False)["hyper_parameters"]
-    weights = hp["class_weights"]
+    # The weighted loss is part of the module: its weights are in the checkpoint's state dict.
+    weights = torch.load(metrics["best_checkpoint"], weights_only=False)["state_dict"]["criterion.weight"]
     assert len(weights) == 4 and weights[3] > weights[0]  # Pro, the smallest class, weighs most
     ce = build_loss({"_target_": "torch.nn.CrossEntropyLoss"}, [1.0, 2.0])
     assert torch.equal(ce.weight, torch.tensor([1.0, 2.0]))

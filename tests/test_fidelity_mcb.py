@@ -136,11 +136,6 @@ def test_default_tests_the_best_checkpoint_and_bad_values_are_named(tmp_path: Pa
         train(cfg)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Lightning 2.6 refreshes last.ckpt (save_last=True) only when a top-k checkpoint is "
-    "written, so last.ckpt holds the last improving epoch; leuk.train.tested_checkpoint reads it",
-)
 def test_test_checkpoint_last_tests_the_last_epoch(tmp_path: Path) -> None:
     overrides = [
         *TINY,

@@ -5,6 +5,7 @@ Keras schedule semantics, the crop, the order of the augmentations and the noise
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from leuk.composition import build_module
 from leuk.models.module import Classifier
 from leuk.models.registry import create_model
 from leuk.preprocess.cell_crop import CellCenterCrop, foreground_box
@@ -30,15 +32,11 @@ def paper_cfg(compose_cfg) -> DictConfig:
 
 
 def paper_classifier(cfg: DictConfig, image_size: int = 32) -> Classifier:
-    return Classifier(
-        model=cfg.model,
-        loss=cfg.loss,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.scheduler,
-        num_classes=2,
-        class_names=["hem", "all"],
-        image_size=image_size,
+    # What build_module reads from a set-up DataModule, for two classes and no data.
+    sized = SimpleNamespace(
+        num_classes=2, class_names=["hem", "all"], image_size=image_size, class_weights=None, has_val=True
     )
+    return build_module(cfg, sized)
 
 
 def fixed_batch(n: int = 6, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +59,8 @@ def test_val_loss_includes_the_l1_penalty_as_keras_val_loss_does(paper_cfg) -> N
 
     module.eval()
     with torch.no_grad():
-        inputs, _ = module.on_after_batch_transfer((x, y), 0)
+        # The network normalizes its 0-255 input itself (its first layer).
+        inputs = x
         ce = nn.functional.cross_entropy(module(inputs), y).item()
         penalty = paper_cfg.model.arch.l1 * module.net.fc.weight.abs().sum().item()
     assert penalty > 0.1, "the test needs a penalty large enough to tell the two losses apart"
@@ -76,7 +75,7 @@ def test_val_loss_includes_the_l1_penalty_as_keras_val_loss_does(paper_cfg) -> N
 def test_inputs_are_scaled_to_0_1_as_the_paper_rescales_by_1_over_255(paper_cfg) -> None:
     module = paper_classifier(paper_cfg)
     x = torch.stack([torch.zeros(3, 4, 4), torch.full((3, 4, 4), 255.0)]).to(torch.uint8)
-    scaled, _ = module.on_after_batch_transfer((x, torch.tensor([0, 1])), 0)
+    scaled = module.net.normalize(x)
     assert scaled[0].min().item() == 0.0 and scaled[0].max().item() == 0.0
     assert scaled[1].min().item() == pytest.approx(1.0) and scaled[1].max().item() == pytest.approx(1.0)
 
@@ -210,7 +209,7 @@ def test_paper_crop_keeps_every_cell_of_the_cnmc_sample_whole(paper_cfg, real_da
     files = sorted((real_data / "cnmc_sample").rglob("*.bmp"))
     if not files:
         pytest.skip(f"no C-NMC sample images under {real_data / 'cnmc_sample'}")
-    params = OmegaConf.to_container(paper_cfg.preprocess.steps[0])
+    params = OmegaConf.to_container(paper_cfg.preprocess.steps.center_crop)
     params.pop("_target_")
     step = CellCenterCrop(**params)
     for f in files:
@@ -221,7 +220,7 @@ def test_paper_crop_keeps_every_cell_of_the_cnmc_sample_whole(paper_cfg, real_da
 
 
 def test_paper_crop_mode_is_the_image_centred_one(paper_cfg) -> None:
-    (step,) = paper_cfg.preprocess.steps
+    (step,) = paper_cfg.preprocess.steps.values()
     assert step.mode == "center"
     assert step.size == 224
 

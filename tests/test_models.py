@@ -4,22 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from leuk.config import config_dir
 from leuk.models import create_model, model_names
 from leuk.models.attention import CBAM
-from leuk.models.module import Classifier
 from leuk.models.morphology import MorphologicalContextBlock, dilate, erode
 from leuk.models.registry import PretrainedWeightsError, UnknownModelError
-from leuk.train import build_classifier, build_datamodule
-from tests.helpers import TINY, compose_config, fit_two_short_epochs
+from tests.helpers import compose_config
 
 
 # Shape checks build the network on the meta device: every layer runs its shape logic (and raises
@@ -306,149 +302,3 @@ def test_local_weights_load_into_new_backbones(tmp_path: Path) -> None:
         # Every backbone tensor comes from the file (the 1000-class classifier is not in it).
         assert len(shared) == len(own), (name, sorted(set(own) - set(theirs)))
         assert all(torch.equal(own[k], theirs[k]) for k in shared), name
-
-
-# ---------------------------------------------------------------- two-phase training (MSEENet)
-def _classifier(cfg: DictConfig, num_classes: int = 4, image_size: int = 32) -> Classifier:
-    return Classifier(
-        model=cfg.model,
-        loss=cfg.loss,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.scheduler,
-        num_classes=num_classes,
-        class_names=[str(i) for i in range(num_classes)],
-        image_size=image_size,
-    )
-
-
-def _backbone_bns(module: Classifier) -> list[nn.Module]:
-    return [m for m in module.net.backbone.modules() if isinstance(m, _BatchNorm)]
-
-
-def test_backbone_phase_hooks_and_param_groups(tmp_path: Path) -> None:
-    cfg = compose_config(
-        [
-            "model=mseenet",
-            "model.freeze_backbone_epochs=2",
-            "model.backbone_lr_scale=0.1",
-            "optimizer.lr=0.01",
-        ],
-        output_dir=tmp_path,
-    )
-    module = _classifier(cfg)
-    backbone = [p for p in module.net.backbone.parameters()]
-    head = [p for n, p in module.net.named_parameters() if not n.startswith("backbone.")]
-    assert len(module._backbone_param_names) == len(backbone)
-    optimizer = module.configure_optimizers()
-    groups = {g["name"]: g for g in optimizer.param_groups}
-    assert groups["head"]["lr"] == pytest.approx(0.01) and groups["backbone"]["lr"] == pytest.approx(0.001)
-    assert {id(p) for p in groups["backbone"]["params"]} == {id(p) for p in backbone}
-    assert {id(p) for p in groups["head"]["params"]} == {id(p) for p in head}
-
-    module.train()
-    module.on_train_epoch_start()  # epoch 0 < 2: frozen
-    assert module.backbone_frozen
-    assert not any(p.requires_grad for p in backbone) and all(p.requires_grad for p in head)
-    assert not any(m.training for m in _backbone_bns(module))
-    module.train()  # as Lightning does after each validation
-    assert not any(m.training for m in _backbone_bns(module))
-    assert all(m.training for m in module.net.inception.modules())
-    module.set_backbone_frozen(False)
-    assert all(p.requires_grad for p in backbone) and all(m.training for m in _backbone_bns(module))
-
-
-def test_backbone_freezing_under_ddp_asks_for_unused_parameter_search(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from lightning.pytorch.strategies import DDPStrategy
-
-    module = _classifier(
-        compose_config(["model=mobilenet_m", "model.freeze_backbone_epochs=1"], output_dir=tmp_path)
-    )
-    try:
-        module._trainer = SimpleNamespace(strategy=DDPStrategy())
-        with pytest.raises(ValueError, match=r"trainer\.strategy=ddp_find_unused_parameters_true"):
-            module.setup("fit")
-        module._trainer = SimpleNamespace(strategy=DDPStrategy(find_unused_parameters=True))
-        module.setup("fit")
-    finally:
-        module._trainer = None
-
-
-def test_backbone_phase_keeps_the_backbones_own_choices(tmp_path: Path) -> None:
-    # A timm baseline's backbone includes its (new) classifier, which must train from the start;
-    # VGG16's block 5, frozen by the architecture, must stay frozen after the frozen phase.
-    module = _classifier(
-        compose_config(["model=resnet18", "model.freeze_backbone_epochs=1"], output_dir=tmp_path)
-    )
-    fc = {id(p) for p in module.net.backbone.fc.parameters()}
-    named = dict(module.named_parameters())
-    assert not {id(named[n]) for n in module._backbone_param_names} & fc
-    module.set_backbone_frozen(True)
-    assert all(p.requires_grad for p in module.net.backbone.fc.parameters())
-    vgg = _classifier(
-        compose_config(["model=vgg16_mod", "model.freeze_backbone_epochs=1"], output_dir=tmp_path)
-    )
-    vgg.set_backbone_frozen(True)
-    vgg.set_backbone_frozen(False)
-    assert _count(vgg.net)[1] == _count(create_model("vgg16_mod", 4, image_size=32))[1]
-    assert not any(p.requires_grad for p in vgg.net.backbone.features[24:].parameters())
-
-
-class _PhaseProbe(L.Callback):
-    """Snapshots of the backbone and the head at the start and after each training epoch."""
-
-    def __init__(self) -> None:
-        self.snapshots: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
-        self.frozen_batches: list[tuple[int, bool, bool, bool]] = []
-
-    def _snap(self, module: Classifier) -> None:
-        backbone = {k: v.detach().clone() for k, v in module.net.backbone.state_dict().items()}
-        head = {k: v.detach().clone() for k, v in module.net.fc.state_dict().items()}
-        self.snapshots.append((backbone, head))
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._snap(pl_module)
-
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        params = list(pl_module.net.backbone.parameters())
-        self.frozen_batches.append(
-            (
-                trainer.current_epoch,
-                all(p.grad is None for p in params),
-                not any(p.requires_grad for p in params),
-                not any(m.training for m in _backbone_bns(pl_module)),
-            )
-        )
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._snap(pl_module)
-
-
-def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], suffix: str = "") -> set[str]:
-    return {k for k in before if k.endswith(suffix) and not torch.equal(before[k], after[k])}
-
-
-def test_mseenet_two_phase_training_run(tmp_path: Path) -> None:
-    """A real Lightning run: epoch 0 trains the head only, epoch 1 the backbone too."""
-    cfg = compose_config(
-        [*TINY, "model=mseenet", "model.freeze_backbone_epochs=1", "logger=none"], output_dir=tmp_path
-    )
-    datamodule = build_datamodule(cfg)
-    datamodule.setup()
-    module = build_classifier(cfg, datamodule)
-    probe = _PhaseProbe()
-    fit_two_short_epochs(module, datamodule, probe)
-    assert [(e, no_grad, frozen, bn_eval) for e, no_grad, frozen, bn_eval in probe.frozen_batches] == [
-        (0, True, True, True),
-        (0, True, True, True),
-        (1, False, False, False),
-        (1, False, False, False),
-    ]
-    (b0, h0), (b1, h1), (b2, h2) = probe.snapshots
-    # Frozen phase: not one backbone weight or BatchNorm statistic moved; the head trained.
-    assert _changed(b0, b1) == set()
-    assert _changed(h0, h1)
-    # After it: the backbone's weights and BatchNorm statistics train.
-    assert _changed(b1, b2, "weight") and _changed(b1, b2, "running_mean")
-    assert _changed(h1, h2)

@@ -37,7 +37,8 @@ from leuk.utils.task import task_wrapper
 log = logging.getLogger(__name__)
 
 
-@task_wrapper
+# The task name recorded in failed.json stays the documented command's (leuk.report reads it).
+@task_wrapper(task="leuk.train.train")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then test the best (or, with ``test_checkpoint=last``, the last) checkpoint; return the
     values written to ``metrics.json``."""
