@@ -193,11 +193,8 @@ def test_uncached_mode_decodes_the_same_pixels(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- real data
 @pytest.fixture(scope="module")
-def all_dataset(real_data: Path):
-    root = real_data / "all_taleqani" / "Original"
-    scan = scan_class_folders(root, ALL_CLASSES)
-    decoded = decode_all([r.path for r in scan.records], 16, mode="none")
-    return scan, decoded
+def all_dataset(all_taleqani):
+    return all_taleqani.scan, all_taleqani.decoded
 
 
 def test_all_reader_counts(all_dataset) -> None:

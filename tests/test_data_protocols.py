@@ -10,10 +10,8 @@ from skimage.color import rgb2hsv
 
 from leuk.data.cnmc import CNMCSource, parse_subject
 from leuk.data.datamodule import LeukDataModule
-from leuk.data.decode import decode_all
-from leuk.data.grouping import group_images
 from leuk.data.inspect import inspect_data
-from leuk.data.sources import DataError, FolderSource, scan_class_folders
+from leuk.data.sources import DataError, FolderSource
 from leuk.data.splits import KFoldSplit, RatioSplit, TrainTestSplit
 from tests.helpers import compose_config
 from tests.test_data import ALL_CLASSES, synthetic_folder
@@ -186,11 +184,8 @@ def test_all_root_at_either_level(real_data: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def all_groups(real_data: Path):
-    scan = scan_class_folders(real_data / "all_taleqani" / "Original", ALL_CLASSES)
-    decoded = decode_all([r.path for r in scan.records], 16, mode="none")
-    labels = np.array([r.label for r in scan.records])
-    return labels, group_images(decoded.sha256, decoded.dhash, max_distance=4)
+def all_groups(all_taleqani):
+    return all_taleqani.labels, all_taleqani.groups
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,9 @@ from tests.helpers import PYTHON, TINY_LOADER, compose_config, subprocess_env
 
 # A tiny run takes well under a minute; a rank waiting at a collective the other never reaches
 # waits for gloo's 30-minute timeout, so this bound tells a hang from a slow machine.
-DDP_TIMEOUT_S = 600
+# Below the suite's per-test timeout (pyproject: 180 s), so that a hung run is killed here, its
+# ranks' process group with it, rather than left behind by pytest-timeout.
+DDP_TIMEOUT_S = 150
 
 
 def run_or_kill(cmd: list[str], cwd: Path, timeout: float) -> tuple[int | None, str]:

@@ -230,6 +230,7 @@ def test_sweep_with_a_failing_job(tmp_path: Path) -> None:
         "optimizer.lr=0.001,-1.0",
         "logger=none",
         "trainer.fast_dev_run=true",
+        "plots=false",
     ]
     proc = subprocess.run(
         [*cmd, *TINY], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600

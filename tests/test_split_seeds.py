@@ -17,13 +17,11 @@ import pytest
 
 from leuk.data.cnmc import CNMCSource
 from leuk.data.datamodule import LeukDataModule
-from leuk.data.decode import decode_all
-from leuk.data.grouping import group_images
-from leuk.data.sources import DataError, FolderSource, scan_class_folders
+from leuk.data.sources import DataError, FolderSource
 from leuk.data.splits import KFoldSplit, RatioSplit, TrainTestSplit, stratified_group_assign
 from leuk.train import train
 from tests.helpers import TINY_LOADER, compose_config
-from tests.test_data import ALL_CLASSES, synthetic_folder
+from tests.test_data import synthetic_folder
 
 SEEDS = range(10)
 PARTS = ("train", "val", "test")
@@ -157,13 +155,10 @@ def test_kfold_places_groups_by_the_seed() -> None:
 
 # --------------------------------------------------------------------------- real ALL data
 @pytest.fixture(scope="module")
-def all_groups_small(real_data: Path):
-    """Labels and duplicate groups of the ALL data (hashes of 16 px decodes: the grouping does not
-    depend on the training image size)."""
-    scan = scan_class_folders(real_data / "all_taleqani" / "Original", ALL_CLASSES)
-    decoded = decode_all([r.path for r in scan.records], 16, mode="none")
-    labels = np.array([r.label for r in scan.records])
-    return labels, group_images(decoded.sha256, decoded.dhash, max_distance=4).groups
+def all_groups_small(all_taleqani):
+    """Labels and duplicate groups of the ALL data (the session's 16 px decode: the grouping does
+    not depend on the training image size)."""
+    return all_taleqani.labels, all_taleqani.groups.groups
 
 
 def test_all_duplicate_groups_reach_test(all_groups_small) -> None:
