@@ -68,9 +68,10 @@ def subprocess_env() -> dict[str, str]:
 PYTHON = sys.executable
 
 
-def fit_two_short_epochs(module: Any, datamodule: Any, callback: Any) -> None:
+def fit_two_short_epochs(module: Any, datamodule: Any, *callbacks: Any) -> None:
     """Two epochs of two training batches and one validation batch, no logger or checkpoints,
-    with ``callback`` watching: enough to see what changes between epochs."""
+    with ``callbacks`` (the run's own, and a probe watching): enough to see what changes between
+    epochs."""
     trainer = L.Trainer(
         max_epochs=2,
         limit_train_batches=2,
@@ -80,6 +81,6 @@ def fit_two_short_epochs(module: Any, datamodule: Any, callback: Any) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[callback],
+        callbacks=list(callbacks),
     )
     trainer.fit(module, datamodule=datamodule)

@@ -20,7 +20,7 @@ from leuk.callbacks import TwoPhaseFinetuning
 from leuk.composition import backbone_phase_names, build_callbacks, build_datamodule, build_module
 from leuk.models import create_model
 from leuk.models.module import Classifier
-from tests.helpers import TINY, compose_config
+from tests.helpers import TINY, compose_config, fit_two_short_epochs
 
 
 def _classifier(cfg: DictConfig, num_classes: int = 4, image_size: int = 32) -> Classifier:
@@ -161,18 +161,7 @@ def test_mseenet_two_phase_training_run(tmp_path: Path) -> None:
     ]
     assert len(finetuning) == 1
     probe = _PhaseProbe()
-    trainer = L.Trainer(
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[*finetuning, probe],
-    )
-    trainer.fit(module, datamodule=datamodule)
+    fit_two_short_epochs(module, datamodule, *finetuning, probe)
     assert [(e, no_grad, frozen, bn_eval) for e, no_grad, frozen, bn_eval in probe.frozen_batches] == [
         (0, True, True, True),
         (0, True, True, True),
