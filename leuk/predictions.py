@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from leuk.abstention import uncertain_mask
 from leuk.data.decode import open_rgb
 from leuk.data.prediction import PredictionDataModule
+from leuk.data.sources import DataError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,22 @@ def run_preprocess(run_cfg: DictConfig | None, saved_steps: Any = None) -> Any |
     return None if pipeline.is_identity else pipeline
 
 
+def check_run_images(paths: Sequence[str], run_dir: Path, purpose: str) -> None:
+    """A ``DataError`` naming the run's ``data.root`` when images its ``split.csv`` lists are gone
+    (the data set moved since training), instead of one unreadable-file line per image."""
+    missing = [p for p in paths if not Path(p).exists()]
+    if not missing:
+        return
+    run_cfg = load_run_config(run_dir)
+    root = OmegaConf.select(run_cfg, "data.root") if run_cfg is not None else None
+    where = f"the run's data.root ('{root}')" if root else "the data set the run trained on"
+    raise DataError(
+        f"{purpose} needs the images that {run_dir / 'split.csv'} lists, but {len(missing)} of "
+        f"{len(paths)} are gone (e.g. '{missing[0]}'): {where} has moved or been removed; put the "
+        "data set back at that path"
+    )
+
+
 def preprocess_for_run(run_dir: Path, split: pd.DataFrame | None, saved_steps: Any = None) -> Any | None:
     """``run_preprocess`` of the run's config (or the checkpoint's ``saved_steps``), fitted, where a
     step needs it, on the run's training images at full resolution (as the DataModule fits it): the
@@ -86,6 +103,7 @@ def preprocess_for_run(run_dir: Path, split: pd.DataFrame | None, saved_steps: A
             f"the run's preprocessing is fitted on its training images, but {run_dir} has no split.csv"
         )
     train_paths = split.loc[split["split"] == "train", "path"].tolist()
+    check_run_images(train_paths, run_dir, "the run's preprocessing (fitted on its training images)")
     pipeline.fit(np.asarray(open_rgb(p)) for p in train_paths)
     return pipeline
 

@@ -90,6 +90,12 @@ def data_summary(datamodule: Any) -> dict[str, Any]:
         "subjects_shared": s["subjects_shared"],
         "bad_images_skipped": s["bad_images_skipped"],
         "non_image_files_ignored": s["non_image_files_ignored"],
+        # What the source did not read (folders mapped to no class, loose files), blank images and
+        # byte-identical images under two labels (kept only with data.allow_conflicting_labels).
+        "unmapped_folders_ignored": s["unmapped_folders_ignored"],
+        "unmapped_files_ignored": s["unmapped_files_ignored"],
+        "blank_images": s["blank_images"],
+        "conflicting_label_sets": s["conflicting_label_sets"],
         "preprocess": s["preprocess"],
         "preprocess_stats": s["preprocess_stats"],
         "balance": s["balance"],

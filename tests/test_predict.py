@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from leuk.cli.eval import evaluate
 from leuk.cli.predict import predict
 from leuk.composition import build_datamodule
 from leuk.data.prediction import PredictionDataModule
+from leuk.data.sources import DataError
 from leuk.predictions import predict_probs, prediction_trainer
 from leuk.predictions import run_preprocess as _preprocess_for
 from tests.helpers import TINY, compose_config
@@ -144,3 +146,20 @@ def test_eval_and_predict_give_the_same_probabilities(run_dir: Path, tmp_path: P
     assert direct.shape == (1, len(columns))
     np.testing.assert_allclose(predicted, direct, atol=1e-6)
     np.testing.assert_allclose(evaluated.to_numpy(), direct, atol=1e-6)
+
+
+def test_predict_fails_when_no_input_can_be_read(run_dir: Path, tmp_path: Path) -> None:
+    """A corrupt image and a broken link: both listed (unreadable.csv), and the command fails
+    rather than writing an empty predictions table."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    os.symlink(tmp_path / "moved_away.png", folder / "gone.png")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"none of the 2 image file\(s\)") as err:
+        predict(compose_config([f"ckpt_path={checkpoint(run_dir)}", f"input={folder}"], out, "predict"))
+    assert "broken symbolic link" in str(err.value)
+    listed = pd.read_csv(out / "unreadable.csv")["path"].tolist()
+    assert listed == [str((folder / "corrupt.png").resolve()), str(folder.resolve() / "gone.png")]
+    assert not (out / "predictions.csv").exists()
+    assert json.loads((out / "failed.json").read_text())["status"] == "failed"

@@ -38,6 +38,7 @@ from leuk.metrics import DEFINITIONS, compute_metrics, confusion_matrix
 from leuk.plots import confusion_matrix_plot, coverage_plot, misclassified_plot, noise_plot, roc_plot
 from leuk.predictions import (
     PenultimateFeatures,
+    check_run_images,
     describe_preprocess,
     device_name,
     load_split,
@@ -86,6 +87,7 @@ def _from_split(split: pd.DataFrame | None, part: str, run_dir: Path, class_name
             "(data=folder data.root=/path/to/class/folders)"
         )
     rows = split[split["split"] == part]
+    check_run_images(rows["path"].tolist(), run_dir, f"evaluating the {part} split")
     for label, name in zip(rows["label"], rows["class_name"], strict=True):
         if not 0 <= label < len(class_names) or class_names[label] != name:
             raise ValueError(

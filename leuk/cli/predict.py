@@ -3,8 +3,9 @@
 
 Writes ``predictions.csv`` (path, predicted class, confidence, uncertain flag, each class's
 probability) into its own run folder and prints a summary. Files that cannot be read are listed (on
-the console and in ``unreadable.csv``) and the others are still predicted. The images go through
-``trainer.predict`` as in ``leuk.eval`` (``leuk.predictions``).
+the console and in ``unreadable.csv``; a broken symbolic link is one of them) and the others are
+still predicted; when none can be read the command fails. The images go through ``trainer.predict``
+as in ``leuk.eval`` (``leuk.predictions``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from leuk.checkpoints import load_trained
 from leuk.config import config_dir
 from leuk.config.schema import validate_predict_config
 from leuk.data.prediction import PredictionDataModule
-from leuk.data.sources import IMAGE_EXTENSIONS
+from leuk.data.sources import IMAGE_EXTENSIONS, DataError, is_listed_file
 from leuk.predictions import (
     describe_preprocess,
     load_split,
@@ -45,15 +46,21 @@ log = logging.getLogger(__name__)
 CHUNK = 256
 
 
+def _absolute(path: Path) -> str:
+    # A broken link keeps its own name (resolving it would name the file that is not there).
+    return str(path.resolve() if path.exists() else path.parent.resolve() / path.name)
+
+
 def find_images(input_path: str | Path) -> list[str]:
-    """The image itself, or every file with an image extension below a folder (sorted)."""
+    """The image itself, or every file with an image extension below a folder (sorted); broken
+    symbolic links included, so that they are listed as unreadable rather than lost."""
     path = Path(input_path).expanduser()
-    if path.is_file():
-        return [str(path.resolve())]
+    if path.is_file() or (path.is_symlink() and not path.exists()):
+        return [_absolute(path)]
     if not path.is_dir():
         raise FileNotFoundError(f"input: no such file or folder '{path}'")
-    files = (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    return sorted(str(p.resolve()) for p in files)
+    files = (p for p in path.rglob("*") if is_listed_file(p) and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(_absolute(p) for p in files)
 
 
 def _print_summary(
@@ -105,12 +112,18 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         if part.paths:
             kept += part.paths
             probs.append(predict_probs(trainer, trained.module, part))
-    all_probs = np.concatenate(probs) if probs else np.zeros((0, len(class_names)), np.float32)
-    frame = predictions_table(kept, all_probs, class_names, cfg.abstain_threshold)
-    frame.to_csv(out_dir / "predictions.csv", index=False)
     if bad:
         pd.DataFrame(bad, columns=["path", "reason"]).to_csv(out_dir / "unreadable.csv", index=False)
         log.warning("%d file(s) could not be read: %s", len(bad), [p for p, _ in bad][:10])
+    if not kept:
+        listing = "\n".join(f"  {path}: {reason}" for path, reason in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(
+            f"input: none of the {len(paths)} image file(s) in '{cfg.input}' could be read (all listed "
+            f"in {out_dir / 'unreadable.csv'}):\n{listing}{more}"
+        )
+    frame = predictions_table(kept, np.concatenate(probs), class_names, cfg.abstain_threshold)
+    frame.to_csv(out_dir / "predictions.csv", index=False)
     _print_summary(frame, class_names, bad, out_dir)
     return {
         "checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()),

@@ -11,7 +11,17 @@ import logging
 import re
 from pathlib import Path
 
-from leuk.data.sources import IMAGE_EXTENSIONS, DataError, ImageRecord, SourceScan
+from leuk.data.sources import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    ImageRecord,
+    SourceScan,
+    check_root,
+    count_files,
+    is_listed_file,
+    unmapped_entries,
+    warn_unmapped,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +56,16 @@ class CNMCSource:
         root = Path(self.root).expanduser()
         if (root / TOP_FOLDER).is_dir():
             root = root / TOP_FOLDER
-        if not root.is_dir():
-            raise DataError(f"C-NMC root '{root}' does not exist (set data.root)")
-        return root.resolve()
+        return check_root(root, "C-NMC root")
 
     def scan(self) -> SourceScan:
         root = self.resolved_root()
         found = {int(m.group(1)): p for p in root.iterdir() if p.is_dir() and (m := _FOLD.match(p.name))}
         if not found:
-            raise DataError(f"C-NMC root '{root}' has no fold_<k> folders (expected fold_0, fold_1, fold_2)")
+            raise DataError(
+                f"C-NMC root '{root}' has no fold_<k> folders (expected fold_0, fold_1, fold_2): set "
+                f"data.root to the folder holding them or {TOP_FOLDER}/"
+            )
         folds = sorted(found) if self.folds is None else list(self.folds)
         missing = [k for k in folds if k not in found]
         if missing:
@@ -63,15 +74,25 @@ class CNMCSource:
             )
         records: list[ImageRecord] = []
         ignored: list[str] = []
+        # Not read: folders beside the folds (the folds data.source.folds leaves out are a choice,
+        # not counted), beside the class folders of a fold, and inside a class folder.
+        fold_names = {p.name for p in found.values()}
+        unmapped, loose = unmapped_entries(root, fold_names)
         unparsed = 0
         for fold in folds:
+            extra, extra_files = unmapped_entries(found[fold], set(self.classes))
+            unmapped.update(extra)
+            loose += extra_files
             for label, folder in enumerate(self.classes):
                 class_dir = found[fold] / folder
                 if not class_dir.is_dir():
                     raise DataError(f"C-NMC fold folder '{found[fold]}' lacks the class folder '{folder}'")
                 n_before = len(records)
                 for path in sorted(class_dir.iterdir()):
-                    if not path.is_file():
+                    if path.is_dir():
+                        unmapped[str(path)] = count_files(path)
+                        continue
+                    if not is_listed_file(path):
                         continue
                     if path.suffix.lower() not in IMAGE_EXTENSIONS:
                         ignored.append(str(path))
@@ -83,13 +104,17 @@ class CNMCSource:
                     raise DataError(f"class folder '{class_dir}' holds no images")
         if unparsed:
             log.warning("%d C-NMC file names did not match UID_<subject>_…; they have no subject", unparsed)
-        return SourceScan(
+        scan = SourceScan(
             records=records,
             class_names=list(self.classes.values()),
             folder_names=list(self.classes),
             ignored_files=ignored,
             description=f"C-NMC 2019 folds {folds} ({root})",
+            unmapped_folders=unmapped,
+            unmapped_files=loose,
         )
+        warn_unmapped(scan, root)
+        return scan
 
     @property
     def cache_key(self) -> str:

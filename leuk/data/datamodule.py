@@ -30,7 +30,7 @@ from leuk.data.decode import (
     decode_patches,
     open_rgb,
 )
-from leuk.data.grouping import Grouping, group_images
+from leuk.data.grouping import Grouping, group_images, label_conflicts
 from leuk.data.sources import DataError, ImageRecord, SourceScan
 from leuk.data.splits import SPLITS
 
@@ -76,6 +76,7 @@ class LeukDataModule(L.LightningDataModule):
         group_duplicates: bool = True,
         near_duplicate_distance: int | None = 4,
         skip_bad: bool = False,
+        allow_conflicting_labels: bool = False,
         group_subjects: bool = False,
         balance: BalanceMethod = "none",
         hsv_copy_class: str = "hem",
@@ -113,6 +114,7 @@ class LeukDataModule(L.LightningDataModule):
         self.group_duplicates = group_duplicates
         self.near_duplicate_distance = near_duplicate_distance
         self.skip_bad = skip_bad
+        self.allow_conflicting_labels = allow_conflicting_labels
         self.fold = fold
         self.group_subjects = group_subjects
         self.balance = balance
@@ -147,8 +149,10 @@ class LeukDataModule(L.LightningDataModule):
             cache_dir=self.cache_dir,
             source_key=getattr(self.source, "cache_key", scan.description),
         )
-        records, decoded = self._drop_bad(records, decoded)
+        records, decoded = self._drop_bad(records, decoded, scan.class_names)
         labels = np.array([r.label for r in records], dtype=np.int64)
+        self.label_conflicts = self._check_label_conflicts(records, decoded, scan.class_names)
+        self.n_blank = self._warn_blank(records, decoded)
         grouping = self._group(records, decoded)
         assignment = self.split.assign(labels, grouping.groups, self.seed, scan.class_names)
 
@@ -308,8 +312,45 @@ class LeukDataModule(L.LightningDataModule):
             self.records[i].path, self.image_size, self.preprocess if self._preprocessing else None
         )
 
+    @staticmethod
+    def _warn_blank(records: list[ImageRecord], decoded: DecodedImages) -> int:
+        """How many images are blank (one colour): kept, named in the log, never near-duplicates."""
+        assert decoded.dhash_valid is not None
+        blank = np.flatnonzero(~decoded.dhash_valid)
+        if len(blank):
+            log.warning(
+                "%d blank image(s) (every pixel one colour), e.g. %s: kept, but their difference hash "
+                "says nothing, so they join no near-duplicate group",
+                len(blank),
+                [records[i].path for i in blank[:5]],
+            )
+        return len(blank)
+
+    def _check_label_conflicts(
+        self, records: list[ImageRecord], decoded: DecodedImages, class_names: list[str]
+    ) -> list[list[int]]:
+        """Byte-identical files under two classes: an error naming them, unless
+        ``data.allow_conflicting_labels=true`` (then a warning; they stay in one group, one split)."""
+        conflicts = label_conflicts(decoded.sha256, [r.label for r in records])
+        if not conflicts:
+            return conflicts
+        lines = [
+            " = ".join(f"{records[i].path} ({class_names[records[i].label]})" for i in group)
+            for group in conflicts
+        ]
+        listing = "\n".join(f"  {line}" for line in lines[:50])
+        more = f"\n  ... and {len(lines) - 50} more" if len(lines) > 50 else ""
+        what = f"{len(conflicts)} set(s) of byte-identical images carry different labels"
+        if not self.allow_conflicting_labels:
+            raise DataError(
+                f"{what} (one file in two class folders):\n{listing}{more}\nKeep each in its one "
+                "class folder, or set data.allow_conflicting_labels=true to train on them as they are."
+            )
+        log.warning("%s (data.allow_conflicting_labels=true: kept):\n%s%s", what, listing, more)
+        return conflicts
+
     def _drop_bad(
-        self, records: list[ImageRecord], decoded: DecodedImages
+        self, records: list[ImageRecord], decoded: DecodedImages, class_names: list[str]
     ) -> tuple[list[ImageRecord], DecodedImages]:
         if not decoded.bad:
             return records, decoded
@@ -322,17 +363,14 @@ class LeukDataModule(L.LightningDataModule):
         )
         kept = [r for r, k in zip(records, keep, strict=True) if k]
         by_class = Counter(r.label for r in kept)
-        empty = [
-            self.source.scan().class_names[c]
-            for c in range(max(r.label for r in records) + 1)
-            if by_class[c] == 0
-        ]
+        empty = [class_names[c] for c in range(max(r.label for r in records) + 1) if by_class[c] == 0]
         if empty:
             raise DataError(f"after skipping unreadable images no image is left in class(es) {empty}")
         decoded = DecodedImages(
             images=None if decoded.images is None else np.asarray(decoded.images)[keep],
             sha256=[s for s, k in zip(decoded.sha256, keep, strict=True) if k],
             dhash=decoded.dhash[keep],
+            dhash_valid=None if decoded.dhash_valid is None else decoded.dhash_valid[keep],
             bad=decoded.bad,
             from_cache=decoded.from_cache,
             seconds=decoded.seconds,
@@ -350,7 +388,9 @@ class LeukDataModule(L.LightningDataModule):
             )
             # Subject grouping is a separate choice and still holds: every image its own content key.
             return group_images([str(i) for i in range(len(records))], subjects=subjects)
-        return group_images(decoded.sha256, decoded.dhash, self.near_duplicate_distance, subjects)
+        return group_images(
+            decoded.sha256, decoded.dhash, self.near_duplicate_distance, subjects, decoded.dhash_valid
+        )
 
     def _shared_subjects(self) -> tuple[int | None, dict[str, int] | None]:
         """How many subjects the source has and how many appear in two splits (None for a source
@@ -393,6 +433,10 @@ class LeukDataModule(L.LightningDataModule):
             "near_duplicate_pairs": len(self.grouping.near_pairs),
             "bad_images_skipped": len(self.decoded.bad),
             "non_image_files_ignored": len(self.scan.ignored_files),
+            "unmapped_folders_ignored": len(self.scan.unmapped_folders),
+            "unmapped_files_ignored": self.scan.n_unmapped_files,
+            "blank_images": self.n_blank,
+            "conflicting_label_sets": len(self.label_conflicts),
             "preprocess": self.preprocess.cache_key() if self._preprocessing else "none",
             "preprocess_stats": self.preprocess_stats,
             "decode_seconds": round(self.decoded.seconds, 3),

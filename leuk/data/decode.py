@@ -1,5 +1,8 @@
 """Decode each image once: to RGB uint8 at the run's size, with its content and perceptual hashes.
 
+Every image leuk reads goes through ``open_rgb``: images of more than 8 bits per sample (16-bit
+microscope PNGs and TIFFs) are scaled to 8 bits by their bit depth (``to_rgb``), never clipped.
+
 The result is kept in RAM or in a memory-mapped ``.npy`` file under the cache folder. A disk entry
 is keyed by what makes its pixels: the files' content (their SHA-256 hashes, in order, the same
 hashes that grouping uses), the size, the source and preprocessing keys, and a fingerprint of the
@@ -54,6 +57,9 @@ CODEC_FEATURES = ("jpg", "libjpeg_turbo")
 # Rows per pixel checksum: small enough to check in parallel, large enough to keep the list short.
 CHECKSUM_ROWS = 256
 _TMP_PREFIX = ".tmp_"
+# Pillow's integer modes of more than 8 bits per sample (16-bit grayscale PNG/TIFF, 32-bit TIFF).
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+TIFF_BITS_PER_SAMPLE = 258
 
 
 class BadImagesError(DataError):
@@ -70,14 +76,67 @@ class BadImagesError(DataError):
         )
 
 
+def bit_depth(im: Image.Image) -> int:
+    """Bits per sample of a decoded image: 8 for Pillow's 8-bit modes (RGB, L, P, ...), 1 for
+    mode ``1``; for the integer modes ``I;16*`` and ``I`` what a TIFF declares (BitsPerSample: a
+    12-bit camera's file may say 12), else the container's 16 or 32; 32 for float (``F``)."""
+    if im.mode == "1":
+        return 1
+    if im.mode == "F":
+        return 32
+    if im.mode in HIGH_DEPTH_MODES:
+        container = 32 if im.mode == "I" else 16
+        declared = getattr(im, "tag_v2", {}).get(TIFF_BITS_PER_SAMPLE)
+        if isinstance(declared, tuple):
+            declared = declared[0] if declared else None
+        if isinstance(declared, int) and 8 < declared <= container:
+            return declared
+        return container
+    return 8
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit RGB. Integer images of more than 8 bits (16-bit microscope PNGs and TIFFs)
+    are scaled by their bit depth, ``round(v * 255 / (2**bits - 1))`` (``v / 257`` for 16 bits),
+    not by each image's own range, so that one brightness is one value in every image; Pillow's
+    ``convert`` would clip them at 255 (a white image). Float images have no fixed range: refused."""
+    if im.mode == "F":
+        raise ValueError(
+            "32-bit floating-point image (mode F): it has no fixed range to scale to 8 bits; "
+            "save it as 8- or 16-bit integers"
+        )
+    if im.mode not in HIGH_DEPTH_MODES:
+        return im.convert("RGB")
+    top = (1 << bit_depth(im)) - 1
+    values = np.clip(np.asarray(im).astype(np.int64), 0, top)
+    scaled = ((values * 255 + top // 2) // top).astype(np.uint8)  # rounded, in integers
+    return Image.fromarray(scaled, "L").convert("RGB")
+
+
 def open_rgb(data: bytes | str | Path) -> Image.Image:
-    """Open and fully decode an image as RGB; raise ``ValueError`` on a corrupt or truncated file."""
+    """Open and fully decode an image as 8-bit RGB (``to_rgb``); raise ``ValueError`` on a corrupt
+    or truncated file."""
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             im.load()  # forces the whole decode: a truncated file fails here, not later
-            return im.convert("RGB")
+            return to_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def is_blank(im: Image.Image) -> bool:
+    """Whether every pixel has one colour (a failed acquisition, a placeholder): its difference
+    hash is 0 for no reason of its content, so it never counts as a near-duplicate."""
+    extrema = im.getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    return all(lo == hi for lo, hi in bands)
+
+
+def unreadable_reason(path: str, exc: Exception) -> str:
+    """Why ``path`` could not be read, for the list of bad files (a broken link says where it points)."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"broken symbolic link (to '{os.readlink(path)}', which does not exist)"
+    return str(exc)
 
 
 def resize_rgb(im: Image.Image, size: int) -> np.ndarray:
@@ -100,7 +159,11 @@ def decode_file(
 
 @dataclass
 class DecodedImages:
-    """Pixels (N×size×size×3 uint8; rows of bad files are zeros) and hashes, in record order."""
+    """Pixels (N×size×size×3 uint8; rows of bad files are zeros) and hashes, in record order.
+
+    ``dhash_valid[i]`` is False where image i's difference hash says nothing of its content (an
+    unreadable or a blank image: both hash to 0): such an image never joins a near-duplicate group.
+    """
 
     images: np.ndarray | None
     sha256: list[str]
@@ -110,6 +173,11 @@ class DecodedImages:
     seconds: float = 0.0
     # What a preprocessing transform counted while it ran (kept in the cache with the pixels).
     stats: dict = field(default_factory=dict)
+    dhash_valid: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.dhash_valid is None:
+            self.dhash_valid = np.ones(len(self.dhash), dtype=bool)
 
 
 def _dhash64(im: Image.Image) -> int:
@@ -306,6 +374,7 @@ def _decode(
         images = None
     sha = [""] * n
     dh = np.zeros(n, dtype=np.uint64)
+    valid = np.zeros(n, dtype=bool)
     bad: list[tuple[str, str]] = []
 
     def work(i: int) -> None:
@@ -315,17 +384,18 @@ def _decode(
             sha[i] = hashlib.sha256(data).hexdigest()
             im = open_rgb(data)
             dh[i] = _dhash64(im)
+            valid[i] = not is_blank(im)
             if images is not None:
                 if transform is not None:
                     im = Image.fromarray(transform(np.asarray(im)))
                 images[i] = resize_rgb(im, size)
         except (OSError, ValueError) as exc:
-            bad.append((path, str(exc)))
+            bad.append((path, unreadable_reason(path, exc)))
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(work, range(n)))
     bad.sort()
-    return DecodedImages(images, sha, dh, bad)
+    return DecodedImages(images, sha, dh, bad, dhash_valid=valid)
 
 
 # --------------------------------------------------------------------------- the entry on disk
@@ -355,6 +425,7 @@ def _publish(
         "size": size,
         "sha256": result.sha256,
         "dhash": [int(x) for x in result.dhash],
+        "dhash_valid": [bool(x) for x in result.dhash_valid],
         "stats": result.stats,
         "fingerprint": fingerprint,
         "libraries": library_versions(transform),
@@ -445,11 +516,15 @@ def _read_entry(folder: Path, key: str, sha256: Sequence[str], size: int) -> Dec
     if not (
         isinstance(meta.get("dhash"), list)
         and len(meta["dhash"]) == n
+        and isinstance(meta.get("dhash_valid"), list)
+        and len(meta["dhash_valid"]) == n
         and isinstance(meta.get("images_bytes"), int)
         and isinstance(meta.get("images_crc32"), list)
         and isinstance(meta.get("stats", {}), dict)
     ):
-        raise _Damaged(meta_path, "metadata does not match this entry: dhash/images_bytes/images_crc32/stats")
+        raise _Damaged(
+            meta_path, "metadata does not match this entry: dhash/dhash_valid/images_bytes/images_crc32/stats"
+        )
     try:
         actual = npy.stat().st_size
     except OSError as exc:
@@ -471,6 +546,7 @@ def _read_entry(folder: Path, key: str, sha256: Sequence[str], size: int) -> Dec
         [],
         from_cache=True,
         stats=meta.get("stats", {}),
+        dhash_valid=np.asarray(meta["dhash_valid"], dtype=bool),
     )
 
 
@@ -567,7 +643,7 @@ def decode_patches(
             im = open_rgb(paths[i])
             per_image[i] = [resize_rgb(Image.fromarray(p), size) for p in transform.patches(np.asarray(im))]
         except (OSError, ValueError) as exc:
-            bad.append((paths[i], str(exc)))
+            bad.append((paths[i], unreadable_reason(paths[i], exc)))
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(work, range(len(paths))))

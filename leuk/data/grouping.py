@@ -3,7 +3,9 @@
 Exact duplicates share a content hash; near-duplicates have difference hashes within a small
 Hamming distance (re-saved or re-cropped copies); images of one subject may be grouped too. Groups
 are the connected components of those relations (union–find), so a chain of near-copies is one
-group.
+group. An image whose difference hash says nothing (unreadable or blank: both hash to 0) takes
+part in exact-duplicate grouping only. Byte-identical files filed under two classes are
+``label_conflicts``: the data contradicts itself, which grouping alone would hide.
 """
 
 from __future__ import annotations
@@ -74,18 +76,35 @@ def near_duplicate_pairs(dhash: np.ndarray, max_distance: int, chunk: int = 2048
     return pairs
 
 
+def label_conflicts(sha256: Sequence[str], labels: Sequence[int]) -> list[list[int]]:
+    """The sets of byte-identical files (one SHA-256; "" = unread, never a match) that carry more
+    than one label, each in index order, in order of first appearance."""
+    by_hash: dict[str, list[int]] = {}
+    for i, digest in enumerate(sha256):
+        if digest:
+            by_hash.setdefault(digest, []).append(i)
+    return [members for members in by_hash.values() if len({int(labels[i]) for i in members}) > 1]
+
+
 def group_images(
     sha256: Sequence[str],
     dhash: np.ndarray | None = None,
     max_distance: int | None = None,
     subjects: Sequence[str | None] | None = None,
+    dhash_valid: Sequence[bool] | np.ndarray | None = None,
 ) -> Grouping:
-    """Union exact duplicates, near-duplicates (if ``max_distance`` is set) and equal subjects."""
+    """Union exact duplicates, near-duplicates (if ``max_distance`` is set) and equal subjects.
+
+    ``dhash_valid``: False for images whose difference hash means nothing (unreadable, blank);
+    they are paired with no image by their hash.
+    """
     n = len(sha256)
     uf = _UnionFind(n)
     first: dict[str, int] = {}
     exact: list[tuple[int, int]] = []
     for i, digest in enumerate(sha256):
+        if not digest:
+            continue  # a file that could not be read has no content to match
         if digest in first:
             exact.append((first[digest], i))
             uf.union(first[digest], i)
@@ -94,7 +113,11 @@ def group_images(
     near: list[tuple[int, int]] = []
     if max_distance is not None and dhash is not None and n:
         exact_set = set(exact)
-        for i, j in near_duplicate_pairs(dhash, max_distance):
+        # Pairs among the meaningful hashes only, mapped back to image indices (still i < j).
+        keep = np.ones(n, dtype=bool) if dhash_valid is None else np.asarray(dhash_valid, dtype=bool)
+        index = np.flatnonzero(keep)
+        for a, b in near_duplicate_pairs(np.asarray(dhash)[index], max_distance):
+            i, j = int(index[a]), int(index[b])
             if sha256[i] != sha256[j] and (i, j) not in exact_set:
                 near.append((i, j))
             uf.union(i, j)

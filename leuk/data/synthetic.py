@@ -215,7 +215,7 @@ class SyntheticSource:
 
     def scan(self) -> SourceScan:
         folder = generate_dataset(self.root, self.spec)
-        scan = scan_class_folders(folder, CLASSES)
+        scan = scan_class_folders(folder, CLASSES, own_files=("spec.json",))
         scan.ignored_files = [f for f in scan.ignored_files if not f.endswith("spec.json")]
         scan.description = f"synthetic ({folder})"
         return scan

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from leuk.data.decode import open_rgb
 from leuk.preprocess.base import EventCounter, NotFittedError, PreprocessConfigError, Step, check_image
 
 _KEY_DECIMALS = 5
@@ -35,8 +35,8 @@ def _read_rgb(path: str) -> np.ndarray:
     p = Path(path).expanduser()
     if not p.is_file():
         raise PreprocessConfigError(f"macenko.reference: no image file at '{path}'")
-    with Image.open(p) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    # The training images' decoding (16-bit images scaled by their bit depth, not clipped).
+    return np.asarray(open_rgb(p), dtype=np.uint8)
 
 
 class Macenko(Step):

@@ -8,8 +8,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 
+from leuk.data.decode import open_rgb
 from leuk.preprocess.base import NotFittedError, PreprocessConfigError, Step, check_image
 
 # Rounding of the fitted statistics in the cache key: far below one grey level, far above float noise.
@@ -50,8 +50,8 @@ class Reinhard(Step):
             path = Path(reference).expanduser()
             if not path.is_file():
                 raise PreprocessConfigError(f"reinhard.reference: no image file at '{reference}'")
-            with Image.open(path) as im:
-                ref = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            # The training images' decoding (16-bit images scaled by their bit depth, not clipped).
+            ref = np.asarray(open_rgb(path), dtype=np.uint8)
             self.target_mean, self.target_std = lab_mean_std(ref)
             self.n_fit_images = 1
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 from omegaconf import OmegaConf
-from PIL import Image
 
 from leuk.config import config_dir
+from leuk.data.decode import open_rgb
 from leuk.preprocess.pipeline import PreprocessPipeline, build_preprocess
 
 
@@ -49,8 +49,7 @@ def load_preprocess(name: str, overrides: Sequence[str] = ()) -> PreprocessPipel
 
 
 def _read(path: str) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return np.asarray(open_rgb(path), dtype=np.uint8)
 
 
 def time_preprocess(
