@@ -120,12 +120,13 @@ class TestOutputs(L.Callback):
         """leuk's W&B logger gets the test charts and predictions table (thumbnails only with plots),
         Lightning's own the figures."""
         outputs = self.outputs
-        if outputs is None or not len(outputs["targets"]):
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or outputs is None or not len(outputs["targets"]):
             return
         datamodule: Any = trainer.datamodule
         test_set = datamodule.dataset("test")
         indices = outputs["indices"]
-        for logger in trainer.loggers:
+        for logger in loggers:
             if isinstance(logger, LeukWandbLogger):
                 logger.log_test_outputs(
                     outputs,
@@ -135,7 +136,7 @@ class TestOutputs(L.Callback):
                     figures,
                     thumbnails=self.write_plots,
                 )
-            elif isinstance(logger, WandbLogger):
+            else:
                 for name, path in figures.items():
                     logger.log_image(key=f"plots/{name}", images=[str(path)])
 
