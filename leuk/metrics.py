@@ -196,6 +196,13 @@ def is_confusion_key(key: str) -> bool:
     return "/confusion/" in key or key.startswith("confusion/")
 
 
+def is_per_class_key(key: str) -> bool:
+    """``<stage>/<metric>/<class name>``: one class's value of a ``PER_CLASS`` metric (not
+    ``pos/<metric>`` nor ``weighted/<metric>``)."""
+    parts = key.split("/")
+    return len(parts) >= 3 and parts[1] in PER_CLASS
+
+
 def confusion_matrix(
     probs: np.ndarray | Tensor, targets: np.ndarray | Tensor, num_classes: int
 ) -> list[list[int]]:

@@ -168,6 +168,14 @@ def image_grid_plot(
     return _save(fig, path)
 
 
+def most_confident_mistakes(probs: np.ndarray, targets: np.ndarray, max_images: int) -> np.ndarray:
+    """The positions of at most ``max_images`` misclassified samples, most confident first."""
+    preds = probs.argmax(axis=1)
+    confidence = probs.max(axis=1)
+    wrong = np.flatnonzero(preds != targets)
+    return wrong[np.argsort(-confidence[wrong], kind="stable")][:max_images]
+
+
 def misclassified_plot(
     probs: np.ndarray,
     targets: np.ndarray,
@@ -180,8 +188,7 @@ def misclassified_plot(
     """The misclassified images, most confident mistakes first, captioned true → predicted (p)."""
     preds = probs.argmax(axis=1)
     confidence = probs.max(axis=1)
-    wrong = np.flatnonzero(preds != targets)
-    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:max_images]
+    wrong = most_confident_mistakes(probs, targets, max_images)
     images = [image_of(int(indices[i])) for i in wrong]
     titles = [f"{class_names[targets[i]]} → {class_names[preds[i]]} ({confidence[i]:.2f})" for i in wrong]
     n_wrong = int((preds != targets).sum())

@@ -75,6 +75,20 @@ def update_wandb_summary(loggers: list[Any], metrics: dict[str, Any]) -> None:
             logger.experiment.summary.update(numbers)
 
 
+def artifact_metadata(trainer: L.Trainer, metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the W&B artifacts of a run say about it (shown beside them in the W&B UI)."""
+    ckpt = trainer.checkpoint_callback
+    score = getattr(ckpt, "best_model_score", None)
+    return {
+        "model": metrics.get("model"),
+        "data": metrics.get("data"),
+        "seed": metrics.get("seed"),
+        "epochs_trained": metrics.get("epochs_trained"),
+        "monitor": getattr(ckpt, "monitor", None),
+        "best_score": float(score) if score is not None else None,
+    }
+
+
 def data_summary(datamodule: Any) -> dict[str, Any]:
     """The data side of ``metrics.json``."""
     s = datamodule.summary

@@ -20,6 +20,9 @@ from omegaconf import DictConfig
 
 _SESSION_CACHE = tempfile.mkdtemp(prefix="leuk-tests-cache-")
 os.environ["LEUK_CACHE_DIR"] = _SESSION_CACHE
+# W&B stages artifact files and caches downloads under the user's folders otherwise.
+os.environ.setdefault("WANDB_DATA_DIR", os.path.join(_SESSION_CACHE, "wandb-data"))
+os.environ.setdefault("WANDB_CACHE_DIR", os.path.join(_SESSION_CACHE, "wandb-cache"))
 
 import pytest  # noqa: E402
 

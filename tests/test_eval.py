@@ -14,14 +14,13 @@ from torch import nn
 
 from leuk.abstention import abstention, coverage_curve
 from leuk.cli.eval import evaluate
-from leuk.cli.train import train
 from leuk.config.validate import ConfigError
 from leuk.data.prediction import PredictionDataModule, add_noise
 from leuk.explain import NoConvolutionError, last_conv_layer
 from leuk.hybrid import require_xgboost
 from leuk.plots import load_history, training_curves_plot
 from leuk.predictions import predictions_table
-from tests.helpers import TINY, compose_config
+from tests.helpers import compose_config
 from tests.tiny_run import tiny_run
 
 
@@ -257,11 +256,3 @@ def test_training_curves_from_metrics_csv(tmp_path: Path) -> None:
         {"epoch": 1, "train/loss": 1.05, "val/loss": 1.2, "train/accuracy": 0.6, "val/accuracy": 0.5},
     ]
     assert training_curves_plot(history, tmp_path / "curves.png").is_file()
-
-
-def test_training_plots_reach_wandb(tmp_path: Path) -> None:
-    cfg = compose_config([*TINY, "trainer.max_epochs=1", "logger=wandb"], output_dir=tmp_path)
-    train(cfg)
-    media = list((tmp_path / "wandb").glob("offline-run-*/files/media/images/plots/*.png"))
-    names = {p.name.split("_")[0] for p in media}
-    assert {"confusion", "roc", "misclassified", "training"} <= names

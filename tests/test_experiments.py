@@ -302,6 +302,28 @@ def test_wandb_group_and_tags_of_a_sweep_job(multirun_job) -> None:
         assert tag in tags
 
 
+def test_wandb_name_of_a_sweep_job(multirun_job) -> None:
+    """Model, data folder and the job's overrides, without paths, Hydra's own and what the name or
+    the group already says."""
+    cfg = multirun_job(
+        [
+            "logger=wandb",
+            "experiment=mcb_hypernet_paper",
+            "sweep=mcb_grid",
+            "seed=1",
+            "optimizer.lr=0.001",
+            "paths.output_dir=/somewhere",
+            "hydra.job.chdir=false",
+            "data.num_workers=0",
+            "+trainer.limit_train_batches=2",
+        ]
+    )
+    assert (
+        cfg.logger.wandb.name
+        == "mcb_hypernet-all_taleqani-seed=1,optimizer.lr=0.001,trainer.limit_train_batches=2"
+    )
+
+
 def test_wandb_group_of_a_single_run(tmp_path) -> None:
     cfg = compose_config(["logger=wandb"], output_dir=tmp_path)
     assert cfg.logger.wandb.group == cfg.task_name

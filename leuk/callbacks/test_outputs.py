@@ -1,5 +1,6 @@
 """The test set's predictions, each one (not only the metrics): probabilities, targets and loader
-indices gathered from every DDP rank, the confusion matrix, and on rank 0 the run's plots."""
+indices gathered from every DDP rank, the confusion matrix, and on rank 0 the run's plots and
+what W&B shows of the test set."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from leuk.metrics import confusion_matrix
 from leuk.plots import load_history, write_test_plots
+from leuk.tracking import WandbLogger as LeukWandbLogger
 
 
 def gather_outputs(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict[str, np.ndarray]:
@@ -108,11 +110,38 @@ class TestOutputs(L.Callback):
         self.confusion_matrix = confusion_matrix(self.outputs["probs"], self.outputs["targets"], num_classes)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.write_plots and trainer.is_global_zero:
-            self.plots = self._write_plots(trainer)
+        if not trainer.is_global_zero:
+            return
+        figures = self._write_plots(trainer) if self.write_plots else {}
+        self.plots = {name: str(path.relative_to(self.out_dir)) for name, path in figures.items()}
+        self._send_to_wandb(trainer, figures)
 
-    def _write_plots(self, trainer: L.Trainer) -> dict[str, str]:
-        """The test figures and training curves under ``<run>/plots/``, also sent to W&B.
+    def _send_to_wandb(self, trainer: L.Trainer, figures: dict[str, Path]) -> None:
+        """leuk's W&B logger gets the test charts and predictions table (thumbnails only with plots),
+        Lightning's own the figures."""
+        outputs = self.outputs
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or outputs is None or not len(outputs["targets"]):
+            return
+        datamodule: Any = trainer.datamodule
+        test_set = datamodule.dataset("test")
+        indices = outputs["indices"]
+        for logger in loggers:
+            if isinstance(logger, LeukWandbLogger):
+                logger.log_test_outputs(
+                    outputs,
+                    datamodule.class_names,
+                    [str(test_set.paths[int(test_set.indices[i])]) for i in indices],
+                    lambda k: test_set.image(int(indices[k])),
+                    figures,
+                    thumbnails=self.write_plots,
+                )
+            else:
+                for name, path in figures.items():
+                    logger.log_image(key=f"plots/{name}", images=[str(path)])
+
+    def _write_plots(self, trainer: L.Trainer) -> dict[str, Path]:
+        """The test figures and training curves under ``<run>/plots/``.
 
         The curves come from the CSV logger's ``metrics.csv`` where there is one (it spans a
         resumed run's earlier epochs too), else from the epochs recorded in this process.
@@ -127,9 +156,4 @@ class TestOutputs(L.Callback):
         datamodule: Any = trainer.datamodule
         test_set = datamodule.dataset("test")
         folder = self.out_dir / "plots"
-        plots = write_test_plots(folder, outputs, datamodule.class_names, test_set.image, history)
-        for logger in loggers:
-            if isinstance(logger, WandbLogger):
-                for name, path in plots.items():
-                    logger.log_image(key=f"plots/{name}", images=[str(path)])
-        return {name: str(path.relative_to(self.out_dir)) for name, path in plots.items()}
+        return write_test_plots(folder, outputs, datamodule.class_names, test_set.image, history)

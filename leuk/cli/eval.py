@@ -5,7 +5,8 @@ On the run's own test split (its ``split.csv``) or on every image of a data set'
 metrics, their robustness to Gaussian noise, abstention below a confidence threshold, inference
 latency, optionally the hybrid XGBoost classifier and Grad-CAM heat maps. Every prediction goes
 through ``trainer.predict`` (``leuk.predictions``). Writes ``eval.json``, ``predictions.csv`` and
-``plots/`` into the evaluation's own run folder.
+``plots/`` into the evaluation's own run folder, and, when the training run logged to W&B, logs them
+as an ``eval`` run beside it (``leuk.tracking``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from leuk.predictions import (
     run_dir_of,
 )
 from leuk.robustness import noise_rows
+from leuk.tracking import log_evaluation, recorded_wandb_run, run_info, start_eval_run
 from leuk.utils.report import print_config_tree, print_metric_table, write_json
 from leuk.utils.task import task_wrapper
 
@@ -176,6 +178,11 @@ def _print_summary(result: dict[str, Any], prefix: str) -> None:
     )
 
 
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The evaluation's settings as plain values (for the W&B run's config)."""
+    return {str(k): v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
+
+
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation ``cfg`` asks for; return what is written to ``eval.json``."""
@@ -285,7 +292,29 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     result["plots"] = {name: str(path.relative_to(out_dir)) for name, path in plots.items()}
     result["wall_time_s"] = time.perf_counter() - start
     result["metric_definitions"] = DEFINITIONS
+    train_run = recorded_wandb_run(run_dir)
+    wandb_run = start_eval_run(
+        OmegaConf.to_container(cfg.wandb, resolve=True),
+        train_run,
+        out_dir,
+        trained.model_name,
+        {"checkpoint": result["checkpoint"], "data": eval_set.description, "eval": plain_config(cfg)},
+    )
+    if wandb_run is not None:
+        result["wandb"] = {**run_info(wandb_run), "train_run_id": (train_run or {}).get("id")}
     write_json(out_dir / "eval.json", result)
+    if wandb_run is not None:
+        log_evaluation(
+            wandb_run,
+            result,
+            prefix,
+            probs,
+            targets,
+            test.paths,
+            lambda i: test.images[i],
+            cfg.misclassified_max,
+            out_dir,
+        )
     _print_summary(result, prefix)
     log.info("evaluation folder: %s", out_dir)
     return result

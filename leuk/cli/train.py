@@ -24,6 +24,7 @@ from leuk.config.validate import check_sigmas
 from leuk.metrics import DEFINITIONS
 from leuk.models.registry import check_weights_policy
 from leuk.run_summary import (
+    artifact_metadata,
     data_summary,
     image_metrics_on_test,
     noise_metrics_on_test,
@@ -31,6 +32,7 @@ from leuk.run_summary import (
     tested_checkpoint,
     update_wandb_summary,
 )
+from leuk.tracking import leuk_wandb_loggers
 from leuk.utils.report import print_config_tree, print_metric_table, write_json
 from leuk.utils.task import task_wrapper
 
@@ -123,8 +125,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["n_patches"] = datamodule.summary["n_patches"]
         metrics["patches_per_image"] = datamodule.summary["patches_per_image"]
     if trainer.is_global_zero:
+        # The checkpoint this run trained (not one it was given to test with train=false).
+        trained = best if cfg.train else ""
+        wandb_loggers = leuk_wandb_loggers(run.loggers)
+        if wandb_loggers:
+            # Where leuk.eval finds the W&B run to log its evaluation beside.
+            metrics["wandb"] = wandb_loggers[0].run_info(trained)
         write_json(out_dir / "metrics.json", metrics)
         update_wandb_summary(run.loggers, metrics)
+        for logger in wandb_loggers:
+            logger.log_run_artifacts(
+                out_dir, OmegaConf.to_yaml(cfg, resolve=True), trained, artifact_metadata(trainer, metrics)
+            )
         if cfg.test:
             print_metric_table(metrics)
         log.info("run folder: %s", out_dir)

@@ -63,6 +63,30 @@ def _wandb_tags(tags: Iterable[Any], model: str, seed: Any) -> list[str]:
     return list(dict.fromkeys(t[:64] for t in out))
 
 
+# Group choices the run's name starts with (and their one key that says the same).
+_NAMED = ("model", "data", "model.name")
+
+
+def _wandb_name(model: str, data_root: Any, exclude: Iterable[str]) -> str:
+    """``<model>-<data folder>[-<overrides>]``: the command line's overrides (a sweep job's own
+    among them) joined by commas, without those of the keys in ``exclude`` (and below them) and
+    without the model and data choices, which the name starts with."""
+    data = Path(str(data_root)).name if data_root else ""
+    name = "-".join(p for p in (str(model), data) if p)
+    hc = _hydra_job()
+    if hc is None:
+        return name
+    prefixes = [str(e) for e in exclude or []]
+    shown = []
+    for override in hc.overrides.task:
+        text = str(override).lstrip("+~")
+        key = text.split("=", 1)[0]
+        if key in _NAMED or any(key == p or key.startswith((f"{p}.", f"{p}/")) for p in prefixes):
+            continue
+        shown.append(text)
+    return f"{name}-{','.join(shown)}" if shown else name
+
+
 def register_resolvers() -> None:
     """Register ``leuk.*`` resolvers; safe to call more than once."""
     resolvers = {
@@ -71,6 +95,7 @@ def register_resolvers() -> None:
         "leuk.mixed_precision": _mixed_precision,
         "leuk.wandb_group": _wandb_group,
         "leuk.wandb_tags": _wandb_tags,
+        "leuk.wandb_name": _wandb_name,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

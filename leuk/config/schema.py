@@ -183,6 +183,22 @@ class InspectConfig:
     show_groups: int = field(default=10, metadata={"min": 0})
 
 
+class WandbEval(str, Enum):
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+@dataclass
+class EvalWandbConfig:
+    """``eval.yaml``'s ``wandb``: whether and where the evaluation logs to W&B."""
+
+    log: WandbEval = WandbEval.auto
+    offline: bool | None = None
+    project: str | None = None
+    entity: str | None = None
+
+
 @dataclass
 class EvalConfig:
     """``conf/eval.yaml``: ``python -m leuk.eval``."""
@@ -210,6 +226,7 @@ class EvalConfig:
     gradcam: bool = False
     gradcam_per_class: int = field(default=4, metadata={"min": 0})
     misclassified_max: int = field(default=25, metadata={"min": 0})
+    wandb: EvalWandbConfig = field(default_factory=EvalWandbConfig)
     print_config: bool = False
 
 
@@ -326,6 +343,7 @@ __all__ = [
     "BenchSettings",
     "ConfigError",
     "EvalConfig",
+    "EvalWandbConfig",
     "InspectConfig",
     "ModelConfig",
     "PredictConfig",
