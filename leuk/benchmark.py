@@ -3,6 +3,7 @@ the same loader, the loader alone, and inference latency (``leuk.latency``)."""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,3 +139,28 @@ def inference(cfg: DictConfig, net: torch.nn.Module, device: torch.device, size:
         batch_size=b.batch_size,
         precision=str(cfg.trainer.get("precision", "32-true")),
     )
+
+
+def flops_per_image(net: torch.nn.Module, size: int, batch_size: int) -> dict[str, float]:
+    """FLOPs per image of one inference forward pass and of one training step (forward and
+    backward), by PyTorch's FLOP counter (``torch.utils.flop_counter``: the matrix products and
+    convolutions, 2 FLOPs per multiply-add; element-wise work is not counted), on the CPU.
+
+    Counted on a copy, so the network's weights, gradients and BatchNorm statistics stay as they are.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counted = copy.deepcopy(net).cpu()
+    # uint8 input, as the loader serves it (the network normalizes it itself).
+    x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
+    counted.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as forward:
+        counted(x)
+    counted.train()
+    with FlopCounterMode(display=False) as step:
+        out = counted(x)
+        out.float().sum().backward()
+    return {
+        "forward_flops_per_image": forward.get_total_flops() / batch_size,
+        "train_flops_per_image": step.get_total_flops() / batch_size,
+    }

@@ -7,6 +7,7 @@ figure state, no display needed, and nothing to close in a long-running process.
 
 from __future__ import annotations
 
+import itertools
 import math
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
@@ -253,6 +254,32 @@ def coverage_plot(curve: Sequence[Mapping[str, Any]], threshold: float, path: st
     ax.set_xlabel("softmax confidence threshold")
     ax.set_ylim(0, 1.02)
     ax.set_title("abstention: coverage and accuracy")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def reliability_plot(calibration: Mapping[str, Any], path: str | Path) -> Path:
+    """The reliability diagram: accuracy against mean confidence per confidence bin, the diagonal
+    being perfect calibration; the title gives the ECE before (and after) temperature scaling."""
+    bins = calibration["reliability"]
+    edges = bins["edges"]
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
+    centres = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
+    width = edges[1] - edges[0]
+    filled = [(c, a) for c, a in zip(centres, bins["accuracy"], strict=True) if a is not None]
+    if filled:
+        ax.bar(*zip(*filled, strict=True), width=width * 0.9, alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    title = f"reliability: ECE {calibration['ece']:.3f}"
+    if calibration.get("ece_scaled") is not None:
+        title += f", {calibration['ece_scaled']:.3f} at T = {calibration['temperature']:.2f}"
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
     ax.legend(fontsize="small")
     fig.tight_layout()
     return _save(fig, path)

@@ -62,3 +62,46 @@ def flatten(rows: Sequence[dict[str, Any]], prefix: str = "test/") -> dict[str, 
             if key.startswith(prefix):
                 flat[noise_key(row["sigma"], key[len(prefix) :])] = value
     return flat
+
+
+def shift_rows(
+    module: L.LightningModule,
+    clean: PredictionDataModule,
+    class_names: Sequence[str],
+    shifts: dict[str, Sequence[float]],
+    seed: int,
+    confident: float,
+    prefix: str = "test/",
+    trainer: L.Trainer | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (shift, strength) of ``leuk.shifts``: the aggregate metrics on the shifted
+    images, and how many predictions are wrong yet confident (top probability ≥ ``confident``):
+    abstention helps under shift only if confidence drops as the input changes."""
+    from leuk.shifts import shifted
+
+    clean.setup()
+    if trainer is None:
+        trainer = prediction_trainer(next(module.parameters()).device)
+    labels = clean.labels
+    rows = []
+    for name, strengths in shifts.items():
+        for strength in strengths:
+            images, unchanged = shifted(clean.images, name, float(strength), seed)
+            data = PredictionDataModule(
+                clean.paths, clean.image_size, labels=labels, batch_size=clean.batch_size, images=images
+            )
+            probs = predict_probs(trainer, module, data)
+            values = compute_metrics(probs, labels, list(class_names), prefix=prefix)
+            wrong = probs.argmax(axis=1) != labels
+            sure = probs.max(axis=1) >= confident
+            rows.append(
+                {
+                    "shift": name,
+                    "strength": float(strength),
+                    **{k: v for k, v in values.items() if k.count("/") == 1},
+                    "n_wrong": int(wrong.sum()),
+                    "n_wrong_confident": int((wrong & sure).sum()),
+                    "n_unchanged": unchanged,
+                }
+            )
+    return rows

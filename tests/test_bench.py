@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from leuk.bench import _epochs, bench
+from leuk.benchmark import flops_per_image
 from tests.helpers import TINY, compose_config
 
 FIELDS = {
     "model", "image_size", "batch_size", "steps", "device", "lightning_images_per_s", "plain_images_per_s",
     "ratio", "step_seconds", "data_seconds_per_batch", "data_fraction_of_step", "latency_ms_median",
-    "latency_ms_p90", "inference_images_per_s",
+    "latency_ms_p90", "inference_images_per_s", "forward_flops_per_image", "train_flops_per_image",
+    "lightning_train_flop_per_s", "plain_train_flop_per_s",
 }  # fmt: skip
 
 
@@ -35,6 +39,25 @@ def test_bench_writes_all_fields(tmp_path: Path) -> None:
     assert saved["latency_ms_p90"] >= saved["latency_ms_median"]
     assert saved["batch_size"] == 8 and saved["image_size"] == 32
     assert saved["lightning_images_per_s"] == max(saved["lightning_images_per_s_runs"])
+    # A training step is about three forward passes (forward, and the backward's two products).
+    assert 2 < saved["train_flops_per_image"] / saved["forward_flops_per_image"] < 4
+    assert saved["plain_train_flop_per_s"] == saved["train_flops_per_image"] * saved["plain_images_per_s"]
+
+
+class _ToFloat(torch.nn.Module):
+    """uint8 in, as leuk's Normalized layer takes it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()
+
+
+def test_flops_of_one_convolution_are_counted_per_image() -> None:
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    flops = flops_per_image(torch.nn.Sequential(_ToFloat(), conv), size=16, batch_size=2)
+    # 2 FLOPs per multiply-add: 16·16 outputs × 8 channels × 3·3·3 weights.
+    assert flops["forward_flops_per_image"] == 2 * 16 * 16 * 8 * 27
+    # Counted on a copy: the network itself got no gradient.
+    assert conv.weight.grad is None
 
 
 def test_bench_runs_past_an_epoch_with_a_plateau_scheduler(tmp_path: Path) -> None:

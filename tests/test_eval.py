@@ -60,6 +60,8 @@ def test_eval_writes_every_part(run_dir: Path, tmp_path: Path) -> None:
         "xgboost_params.n_estimators=5",
         "gradcam=true",
         "gradcam_per_class=1",
+        "shifts=[blur,background]",
+        "shift_strengths.blur=[1.0]",
     ]
     result = evaluate(compose_config(overrides, output_dir=tmp_path, config_name="eval"))
     saved = json.loads((tmp_path / "eval.json").read_text())
@@ -98,8 +100,20 @@ def test_eval_writes_every_part(run_dir: Path, tmp_path: Path) -> None:
     assert 0.0 <= xgb["test"]["test/accuracy"] <= 1.0 and xgb["test"]["n_test"] == trained["n_test"]
     assert "val" in xgb
 
+    assert saved["external"] is False
+    rows = {(r["shift"], r["strength"]): r for r in saved["shift"]}
+    assert set(rows) == {("blur", 1.0), ("background", 4.0)}
+    for row in rows.values():
+        assert 0.0 <= row["test/accuracy"] <= 1.0
+        assert 0 <= row["n_wrong_confident"] <= row["n_wrong"] <= trained["n_test"]
+    c = saved["calibration"]
+    # Fitted on the run's validation split: a temperature, and ECE before and after it.
+    assert c["temperature"] > 0 and 0.0 <= c["ece"] <= 1.0 and 0.0 <= c["ece_scaled"] <= 1.0
+    assert sum(c["reliability"]["counts"]) == trained["n_test"]
+    assert c["abstention_scaled"]["n_images"] == trained["n_test"]
+
     assert saved["gradcam"]["images"] == len(trained["class_names"])
-    for name in ("confusion_matrix", "roc", "misclassified", "noise", "coverage", "gradcam"):
+    for name in ("confusion_matrix", "roc", "misclassified", "noise", "coverage", "reliability", "gradcam"):
         assert (tmp_path / saved["plots"][name]).is_file(), name
     predictions = pd.read_csv(tmp_path / "predictions.csv")
     assert len(predictions) == trained["n_test"]
@@ -118,9 +132,11 @@ def test_eval_on_a_folder(run_dir: Path, tmp_path: Path) -> None:
         f"data.root={root}",
         "noise_sigmas=[0]",
         "latency=false",
+        "shifts=[]",
     ]
     result = evaluate(compose_config(overrides, output_dir=tmp_path, config_name="eval"))
     assert result["n_images"] == len(split)
+    assert result["external"] is True and result["shift"] == []
     assert "latency" not in result and "xgboost" not in result
 
 

@@ -4,7 +4,9 @@ In one process, for the same model, input size, batches and data: (1) training i
 full path (DataModule + Classifier + Trainer, logging on, decode cache warm); (2) training images/s
 of a plain loop written here (same network initialization, optimizer, loss and loader, no
 Lightning); (3) their ratio; (4) the loader's time per batch on its own, as a fraction of a training
-step; (5) inference latency at batch size 1 (median, p90) and throughput at the training batch size.
+step; (5) inference latency at batch size 1 (median, p90) and throughput at the training batch size;
+(6) the model's FLOPs per image (forward, and a training step) and the training FLOP/s each path
+achieves.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import leuk  # noqa: F401  (config resolvers)
 from leuk.benchmark import (
     bench_device,
     data_seconds_per_batch,
+    flops_per_image,
     inference,
     lightning_throughput,
     plain_throughput,
@@ -64,6 +67,8 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     lightning_ips = max(lightning_runs)
     plain_ips, step_s = max(plain_runs)
     data_s = data_seconds_per_batch(loader, cfg.bench.steps)
+    # A batch of 2: BatchNorm in training mode needs more than one value per channel.
+    flops = flops_per_image(plain_module.net, datamodule.image_size, batch_size=2)
     result: dict[str, Any] = {
         "model": cfg.model.name,
         "image_size": datamodule.image_size,
@@ -86,6 +91,10 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         "step_seconds": step_s,
         "data_seconds_per_batch": data_s,
         "data_fraction_of_step": data_s / step_s,
+        **flops,
+        # What each path achieves of the machine: training FLOPs per image times images/s.
+        "lightning_train_flop_per_s": flops["train_flops_per_image"] * lightning_ips,
+        "plain_train_flop_per_s": flops["train_flops_per_image"] * plain_ips,
         **inference(cfg, plain_module.net, device, datamodule.image_size),
         "torch": torch.__version__,
         "lightning": L.__version__,

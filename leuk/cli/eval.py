@@ -29,6 +29,7 @@ from rich.table import Table
 
 import leuk  # noqa: F401  (registers the config resolvers before Hydra composes)
 from leuk.abstention import abstention, coverage_curve
+from leuk.calibration import calibration_report, reliability_bins
 from leuk.checkpoints import TrainedModel, load_trained
 from leuk.config import config_dir
 from leuk.config.schema import validate_eval_config
@@ -36,7 +37,14 @@ from leuk.data.decode import BadImagesError
 from leuk.data.prediction import PredictionDataModule
 from leuk.latency import measure_inference
 from leuk.metrics import DEFINITIONS, compute_metrics, confusion_matrix
-from leuk.plots import confusion_matrix_plot, coverage_plot, misclassified_plot, noise_plot, roc_plot
+from leuk.plots import (
+    confusion_matrix_plot,
+    coverage_plot,
+    misclassified_plot,
+    noise_plot,
+    reliability_plot,
+    roc_plot,
+)
 from leuk.predictions import (
     PenultimateFeatures,
     check_run_images,
@@ -50,7 +58,8 @@ from leuk.predictions import (
     resolve_device,
     run_dir_of,
 )
-from leuk.robustness import noise_rows
+from leuk.robustness import noise_rows, shift_rows
+from leuk.shifts import chosen_shifts
 from leuk.tracking import log_evaluation, recorded_wandb_run, run_info, start_eval_run
 from leuk.utils.report import print_config_tree, print_metric_table, write_json
 from leuk.utils.task import task_wrapper
@@ -161,6 +170,43 @@ def _xgboost(
     return xgboost_report(features, trained.class_names, OmegaConf.to_container(cfg.xgboost_params), cfg.seed)
 
 
+def _calibration(
+    cfg: DictConfig,
+    trained: TrainedModel,
+    trainer: L.Trainer,
+    split: pd.DataFrame | None,
+    run_dir: Path,
+    preprocess: Any,
+    probs: np.ndarray,
+    targets: np.ndarray,
+) -> dict[str, Any]:
+    """ECE before and after temperature scaling fitted on the run's validation split (never on the
+    evaluated images), the reliability bins, and the abstention on the calibrated probabilities."""
+    from leuk.calibration import apply_temperature
+
+    val_probs = val_labels = None
+    if split is not None and (split["split"] == "val").any():
+        val_set = _from_split(split, "val", run_dir, trained.class_names)
+        val = _decoded(val_set, trained, preprocess, cfg.batch_size)
+        val_probs, val_labels = predict_probs(trainer, trained.module, val), val.labels
+    c = cfg.calibration
+    bounds = (float(c.temperature_bounds[0]), float(c.temperature_bounds[1]))
+    report: dict[str, Any] = calibration_report(val_probs, val_labels, probs, targets, c.n_bins, bounds)
+    bins = reliability_bins(probs, targets, c.n_bins)
+    report["reliability"] = {
+        "edges": bins.edges.tolist(),
+        "counts": bins.counts.tolist(),
+        "confidence": [None if np.isnan(v) else float(v) for v in bins.confidence],
+        "accuracy": [None if np.isnan(v) else float(v) for v in bins.accuracy],
+    }
+    if report["temperature"] is not None:
+        scaled = apply_temperature(probs, report["temperature"])
+        report["abstention_scaled"] = abstention(scaled, targets, cfg.abstain_threshold, trained.class_names)
+    else:
+        log.warning("calibration: the run has no validation split; ECE is reported without scaling")
+    return report
+
+
 def _print_summary(result: dict[str, Any], prefix: str) -> None:
     print_metric_table(result["metrics"], prefix=prefix, title=f"{prefix.rstrip('/')} metrics")
     table = Table(title="Gaussian noise (0–255 scale)")
@@ -187,6 +233,7 @@ def plain_config(cfg: DictConfig) -> dict[str, Any]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation ``cfg`` asks for; return what is written to ``eval.json``."""
     validate_eval_config(cfg)
+    shifts = chosen_shifts(cfg.shifts, cfg.shift_strengths)
     _check_extras(cfg)
     if cfg.get("print_config"):
         print_config_tree(cfg)
@@ -223,6 +270,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "class_names": class_names,
         "image_size": size,
         "data": eval_set.description,
+        # Another folder than the run's own split: an external test set, labelled so in the report.
+        "external": data is not None,
         "n_images": len(targets),
         "preprocess": describe_preprocess(preprocess),
         "device": device_name(device),
@@ -239,6 +288,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         trained.module, test, targets, class_names, sigmas, cfg.batch_size, cfg.seed, prefix, trainer
     )
     result["noise_seed"] = cfg.seed
+    result["shift"] = shift_rows(
+        trained.module, test, class_names, shifts, cfg.seed, cfg.abstain_threshold, prefix, trainer
+    )
+    result["calibration"] = _calibration(cfg, trained, trainer, split, run_dir, preprocess, probs, targets)
     result["abstention"] = {
         **abstention(probs, targets, cfg.abstain_threshold, class_names),
         "curve": coverage_curve(probs, targets),
@@ -259,6 +312,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "coverage": coverage_plot(
             result["abstention"]["curve"], cfg.abstain_threshold, plots_dir / "coverage.png"
         ),
+        "reliability": reliability_plot(result["calibration"], plots_dir / "reliability.png"),
     }
     if cfg.latency:
         result["latency"] = {

@@ -200,6 +200,14 @@ class EvalWandbConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """``calibration`` of ``conf/eval.yaml``."""
+
+    n_bins: int = field(default=15, metadata={"min": 1})
+    temperature_bounds: list[float] = field(default_factory=lambda: [0.05, 20.0])
+
+
+@dataclass
 class EvalConfig:
     """``conf/eval.yaml``: ``python -m leuk.eval``."""
 
@@ -214,6 +222,9 @@ class EvalConfig:
     batch_size: int = field(default=32, metadata={"min": 1})
     device: str = "auto"
     noise_sigmas: list[float] = field(default_factory=lambda: [0, 2, 5, 8, 10], metadata={"sigmas": True})
+    shifts: list[str] = field(default_factory=list)
+    shift_strengths: dict[str, list[float]] = field(default_factory=dict)
+    calibration: CalibrationConfig = field(default_factory=lambda: CalibrationConfig())
     abstain_threshold: float = field(
         default=0.7, metadata={"min": 0.0, "max": 1.0, "what": "a softmax confidence"}
     )
