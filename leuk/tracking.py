@@ -275,13 +275,17 @@ def eval_summary(result: Mapping[str, Any], prefix: str) -> dict[str, float]:
     """The evaluation's numbers for the W&B summary: the metrics under their own keys (as in the
     training run's summary), the noise table as ``noise/<σ>/<metric>``, and every other number of
     eval.json under its path (``abstention/coverage``, ``latency/...``, ``xgboost/...``,
-    ``calibration/...`` where present)."""
+    ``calibration/...`` where present), and the shift table as ``shift/<name>/<strength>/<metric>``."""
     # Imported here: the noise path (prediction trainer, data) is no concern of the training
     # callbacks that import this module.
     from leuk.robustness import flatten
 
     summary = _numbers(result["metrics"])
     summary.update(flatten(result.get("noise") or [], prefix))
+    # The shift table as shift/<name>/<strength>/<metric> (leuk.shifts), as the noise table.
+    for row in result.get("shift") or []:
+        key = f"shift/{row['shift']}/{row['strength']:g}/"
+        summary.update({key + k.removeprefix(prefix): v for k, v in _numbers(row).items() if k != "strength"})
     rest = {k: v for k, v in result.items() if k != "metrics"}
     if isinstance(rest.get("abstention"), Mapping):
         rest["abstention"] = {k: v for k, v in rest["abstention"].items() if k != "curve"}
