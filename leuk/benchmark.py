@@ -141,6 +141,39 @@ def inference(cfg: DictConfig, net: torch.nn.Module, device: torch.device, size:
     )
 
 
+def _conv_backward_flop(
+    grad_out_shape: Any,
+    x_shape: Any,
+    w_shape: Any,
+    bias: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    transposed: bool,
+    output_padding: Any,
+    groups: int,
+    output_mask: Any,
+    out_shape: Any,
+    **kwargs: Any,
+) -> int:
+    """A convolution's backward: the input gradient and the weight gradient each cost the forward
+    pass's multiply-adds. PyTorch's own formula (2.14) counts a grouped (e.g. depthwise)
+    convolution's weight gradient as a dense one, ``groups`` times too many, which made
+    EfficientNet's training step look 14 forward passes long."""
+    from torch.utils.flop_counter import conv_backward_flop, conv_flop_count
+
+    if transposed:
+        return conv_backward_flop(
+            grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
+            output_padding, groups, output_mask, out_shape, **kwargs,
+        )  # fmt: skip
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape))
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+_CONV_BACKWARD = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+
+
 def flops_per_image(net: torch.nn.Module, size: int, batch_size: int) -> dict[str, float]:
     """FLOPs per image of one inference forward pass and of one training step (forward and
     backward), by PyTorch's FLOP counter (``torch.utils.flop_counter``: the matrix products and
@@ -157,7 +190,7 @@ def flops_per_image(net: torch.nn.Module, size: int, batch_size: int) -> dict[st
     with torch.no_grad(), FlopCounterMode(display=False) as forward:
         counted(x)
     counted.train()
-    with FlopCounterMode(display=False) as step:
+    with FlopCounterMode(display=False, custom_mapping=_CONV_BACKWARD) as step:
         out = counted(x)
         out.float().sum().backward()
     return {

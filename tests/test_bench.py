@@ -60,6 +60,18 @@ def test_flops_of_one_convolution_are_counted_per_image() -> None:
     assert conv.weight.grad is None
 
 
+def test_a_depthwise_convolution_trains_at_twice_its_forward_flops() -> None:
+    """Weight gradient and input gradient each cost one forward (PyTorch 2.14's own counter gives
+    the depthwise weight gradient ``groups`` times its cost)."""
+    first = torch.nn.Conv2d(3, 64, 1, bias=False)
+    depthwise = torch.nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False)
+    flops = flops_per_image(torch.nn.Sequential(_ToFloat(), first, depthwise), size=8, batch_size=2)
+    first_fwd, depthwise_fwd = 2 * 8 * 8 * 64 * 3, 2 * 8 * 8 * 64 * 9
+    assert flops["forward_flops_per_image"] == first_fwd + depthwise_fwd
+    # The first layer needs no input gradient (its input is the image).
+    assert flops["train_flops_per_image"] == 2 * first_fwd + 3 * depthwise_fwd
+
+
 def test_bench_runs_past_an_epoch_with_a_plateau_scheduler(tmp_path: Path) -> None:
     """The benchmark skips validation, so a scheduler watching val/loss must not stop it at the
     first epoch end (MobileNet_M's experiment uses one); 9 steps cross the 5-batch epoch."""
