@@ -328,3 +328,28 @@ def test_wandb_group_of_a_single_run(tmp_path) -> None:
     cfg = compose_config(["logger=wandb"], output_dir=tmp_path)
     assert cfg.logger.wandb.group == cfg.task_name
     assert list(cfg.logger.wandb.tags) == ["model:mcb_hypernet", "seed:42"]
+
+
+def _leaves(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        out: dict[str, object] = {}
+        for key, value in node.items():
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_cpu_budget_changes_only_size_and_epochs(experiment: str, tmp_path) -> None:
+    """budget=cpu scales a paper's protocol down and changes nothing else (issue 14): 128 px and the
+    budget's epoch count; settings that follow the epoch count (a cosine schedule's T_max) follow it."""
+    paper = compose_config([f"experiment={experiment}"], output_dir=tmp_path)
+    budget = compose_config([f"experiment={experiment}", "budget=cpu"], output_dir=tmp_path)
+    validate_train_config(budget)
+    a = _leaves(OmegaConf.to_container(paper, resolve=True))
+    b = _leaves(OmegaConf.to_container(budget, resolve=True))
+    assert set(a) == set(b)
+    changed = {k for k in a if a[k] != b[k]}
+    assert b["data.image_size"] == 128 and b["trainer.max_epochs"] < a["trainer.max_epochs"]
+    allowed = {"data.image_size", "trainer.max_epochs", "scheduler.scheduler.T_max"}
+    assert changed <= allowed, changed - allowed
