@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -110,7 +111,8 @@ def test_eval_writes_every_part(run_dir: Path, tmp_path: Path) -> None:
 
 
 def test_eval_on_a_folder(run_dir: Path, tmp_path: Path) -> None:
-    """data=all data.root=<class folders>: every image of the folder, classes matched by name."""
+    """data=all data.root=<class folders>: every image of the folder, classes matched by name.
+    Written into a (copy of the) finished training folder: evaluation is never refused there."""
     split = pd.read_csv(run_dir / "split.csv")
     root = Path(split["path"][0]).parent.parent
     overrides = [
@@ -120,9 +122,13 @@ def test_eval_on_a_folder(run_dir: Path, tmp_path: Path) -> None:
         "noise_sigmas=[0]",
         "latency=false",
     ]
-    result = evaluate(compose_config(overrides, output_dir=tmp_path, config_name="eval"))
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out, ignore=shutil.ignore_patterns("checkpoints"))
+    metrics = (out / "metrics.json").read_bytes()
+    result = evaluate(compose_config(overrides, output_dir=out, config_name="eval"))
     assert result["n_images"] == len(split)
     assert "latency" not in result and "xgboost" not in result
+    assert (out / "eval.json").is_file() and (out / "metrics.json").read_bytes() == metrics
 
 
 def test_eval_config_is_checked(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from leuk.run_summary import (
     update_wandb_summary,
 )
 from leuk.utils.report import print_config_tree, print_metric_table, write_json
+from leuk.utils.run_folder import claim_run_folder
 from leuk.utils.task import task_wrapper
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.train:
         # Before any image is decoded: weights that cannot be had, or frozen random weights.
         check_weights_policy(cfg.model, image_size=cfg.data.get("image_size"))
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path, cfg.model.name)
+    out_dir = Path(cfg.paths.output_dir)
+    # Before anything is written there: a folder in use or holding a finished run is refused.
+    with claim_run_folder(out_dir, overwrite=bool(cfg.get("overwrite")), resume=bool(cfg.get("ckpt_path"))):
+        return _fit_and_test(cfg, out_dir)
+
+
+def _fit_and_test(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.get("print_config"):
         print_config_tree(cfg)
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
-    out_dir = Path(cfg.paths.output_dir)
     run = build_run(cfg)
     datamodule, module, trainer = run.datamodule, run.module, run.trainer
-    if cfg.get("ckpt_path"):
-        check_checkpoint(cfg.ckpt_path, cfg.model.name)
 
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)

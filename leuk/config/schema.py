@@ -132,6 +132,8 @@ class TrainConfig:
     test: bool = True
     test_checkpoint: TestCheckpoint = TestCheckpoint.best
     ckpt_path: str | None = None
+    # true: run into a folder that holds a finished run, replacing it (leuk.utils.run_folder).
+    overwrite: bool = False
     print_config: bool = False
     optimized_metric: str | None = None
     noise_sigmas: list[float] = field(default_factory=list, metadata={"sigmas": True})
