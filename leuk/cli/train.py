@@ -38,25 +38,30 @@ from leuk.utils.task import task_wrapper
 log = logging.getLogger(__name__)
 
 
-# The task name recorded in failed.json stays the documented command's (leuk.report reads it).
-@task_wrapper(task="leuk.train.train")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then test the best (or, with ``test_checkpoint=last``, the last) checkpoint; return the
-    values written to ``metrics.json``."""
+    values written to ``metrics.json``.
+
+    The run folder is claimed first (``leuk.utils.run_folder``): one that another run is using, or
+    that holds a finished run, is refused before anything is written there, ``failed.json``
+    included; the claim ends with the run, failed or not."""
+    out_dir = Path(cfg.paths.output_dir)
+    overwrite, resume = cfg.get("overwrite") is True, bool(cfg.get("ckpt_path"))
+    with claim_run_folder(out_dir, overwrite=overwrite, resume=resume):
+        return _train(cfg, out_dir)
+
+
+# The task name recorded in failed.json stays the documented command's (leuk.report reads it).
+@task_wrapper(task="leuk.train.train")
+def _train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     # `plots` is new in issue 16 (until the schema lists it).
     validate_train_config(cfg)
     if cfg.train:
         # Before any image is decoded: weights that cannot be had, or frozen random weights.
         check_weights_policy(cfg.model, image_size=cfg.data.get("image_size"))
     if cfg.get("ckpt_path"):
+        # Before any image is decoded too: a missing, damaged or other model's checkpoint.
         check_checkpoint(cfg.ckpt_path, cfg.model.name)
-    out_dir = Path(cfg.paths.output_dir)
-    # Before anything is written there: a folder in use or holding a finished run is refused.
-    with claim_run_folder(out_dir, overwrite=bool(cfg.get("overwrite")), resume=bool(cfg.get("ckpt_path"))):
-        return _fit_and_test(cfg, out_dir)
-
-
-def _fit_and_test(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.get("print_config"):
         print_config_tree(cfg)
     start = time.perf_counter()

@@ -49,7 +49,8 @@ _HELD: set[Path] = set()
 
 class RunFolderError(RuntimeError):
     """A run folder that another run uses or that holds a finished run. It is not this run's folder:
-    nothing is recorded in it (no ``failed.json``)."""
+    nothing is recorded in it (``train`` claims the folder outside ``task_wrapper``, so no
+    ``failed.json`` is written)."""
 
 
 def launching_process() -> bool:
@@ -206,7 +207,7 @@ class RefuseUsedRunFolder(Callback):
             return
         run_dir = Path(str(config.hydra.run.dir)).absolute()
         why = folder_refusal(
-            run_dir, overwrite=bool(config.get("overwrite")), resume=bool(config.get("ckpt_path"))
+            run_dir, overwrite=config.get("overwrite") is True, resume=bool(config.get("ckpt_path"))
         )
         if why is not None:
             # Hydra turns a callback's exception into a warning and runs the job anyway; an exit

@@ -16,8 +16,6 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from leuk.utils.run_folder import RunFolderError
-
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -122,10 +120,6 @@ def task_wrapper(fn: F | None = None, *, task: str | None = None) -> Any:
             result = fn(*args, **kwargs)
             failed = False
             return result
-        except RunFolderError as error:
-            # Not this run's folder (another run's, or a finished one): nothing is written there.
-            log.error("%s", error)
-            raise
         except Exception as error:
             log.exception("the task failed")
             cfg = _config_argument(args, kwargs)
