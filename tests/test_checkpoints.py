@@ -58,11 +58,12 @@ def test_unreadable_file_is_named_without_torchs_trace(tmp_path: Path, kind: str
     assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
 
 
+NAMED = {"leuk_model_name": "mcb_hypernet", "state_dict": {"w": 1}}
 DAMAGED = {
-    "no_model": ({"leuk": {k: v for k, v in INFO.items() if k != "model"}, "state_dict": {"w": 1}}, "model"),
-    "format_not_a_number": ({"leuk": {**INFO, "format_version": "x"}, "state_dict": {"w": 1}}, "format"),
-    "no_weights": ({"leuk": INFO, "leuk_model_name": "mcb_hypernet"}, "no network weights"),
-    "hyperparameters_not_a_mapping": ({"hyper_parameters": None, "state_dict": {"w": 1}}, "not a leuk"),
+    "no_model": ({**NAMED, "leuk": {k: v for k, v in INFO.items() if k != "model"}}, r"lacks model"),
+    "format_not_a_number": ({**NAMED, "leuk": {**INFO, "format_version": "x"}}, r"format_version 'x'"),
+    "no_weights": ({"leuk": INFO, "leuk_model_name": "mcb_hypernet"}, r"holds no network weights"),
+    "hyperparameters_not_a_mapping": ({"hyper_parameters": None, "state_dict": {"w": 1}}, r"not a leuk"),
 }
 
 
@@ -70,7 +71,7 @@ DAMAGED = {
 @pytest.mark.parametrize("kind", sorted(DAMAGED))
 def test_damaged_contents_are_named(tmp_path: Path, kind: str, loader: str) -> None:
     content, message = DAMAGED[kind]
-    path = tmp_path / f"{kind}.ckpt"
+    path = tmp_path / "damaged.ckpt"
     torch.save(content, path)
     with pytest.raises(CheckpointError, match=message) as info:
         LOADERS[loader](path)
