@@ -178,4 +178,3 @@ def test_hydra_does_not_rewrite_a_refused_folder(tmp_path: Path) -> None:
             callback.on_run_start(config=cfgs[0])
     for callback in callbacks:
         callback.on_run_start(config=cfgs[1])  # overwrite=true: allowed
-

@@ -171,7 +171,8 @@ def claim_run_folder(run_dir: str | Path, *, overwrite: bool = False, resume: bo
     folder is created if need be; release the lock when the run ends (``with`` does)."""
     if not launching_process():
         return RunLock(None)
-    run_dir = Path(run_dir)
+    # Resolved: the locks this process holds are known by their path, however it was spelt.
+    run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_FILE
     # Twice at most: once more after removing a dead run's lock (another run may take it first).
@@ -205,7 +206,7 @@ class RefuseUsedRunFolder(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not launching_process():
             return
-        run_dir = Path(str(config.hydra.run.dir)).absolute()
+        run_dir = Path(str(config.hydra.run.dir)).resolve()
         why = folder_refusal(
             run_dir, overwrite=config.get("overwrite") is True, resume=bool(config.get("ckpt_path"))
         )
