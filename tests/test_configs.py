@@ -80,6 +80,20 @@ def test_typo_in_data_key_names_the_key(tmp_path) -> None:
         validate_train_config(cfg)
 
 
+@pytest.mark.parametrize("bound", [None, "+trainer.max_steps=100", "+trainer.max_time=00:01:00:00"])
+def test_endless_training_is_refused_unless_bounded(bound: str | None, tmp_path) -> None:
+    """trainer.max_epochs=-1 is Lightning's "no epoch limit": alone, the run would never end."""
+    overrides = ["trainer.max_epochs=-1", *([bound] if bound else [])]
+    cfg = compose_config(overrides, output_dir=tmp_path)
+    if bound:
+        validate_train_config(cfg)
+        return
+    with pytest.raises(ConfigError, match=r"trainer\.max_epochs: -1 .*trainer\.max_steps.*trainer\.max_time"):
+        validate_train_config(cfg)
+    with pytest.raises(ConfigError, match=r"trainer\.max_epochs: -2"):
+        validate_train_config(compose_config(["trainer.max_epochs=-2"], output_dir=tmp_path))
+
+
 def test_command_line_typo_is_refused_by_hydra(tmp_path) -> None:
     with pytest.raises(ConfigCompositionException, match="batchsize"):
         compose_config(["data.batchsize=4"], output_dir=tmp_path)

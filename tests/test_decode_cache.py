@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,59 @@ def test_stale_temp_folders_of_dead_writers_are_removed(tmp_path: Path) -> None:
     live.mkdir()
     cached(paths, cache)
     assert not stale.exists() and live.exists()
+
+
+def _dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(done.stdout)
+
+
+def _age(path: Path, days: float) -> None:
+    """Make ``path`` and the files in it look untouched for ``days``."""
+    then = time.time() - days * 24 * 3600
+    for p in [*path.iterdir(), path]:
+        os.utime(p, (then, then))
+
+
+def test_temp_folders_no_live_writer_owns_are_removed_whoever_wrote_them(tmp_path: Path) -> None:
+    """Another machine's writer (a shared cache) is known only by its folder's age: untouched for
+    days, it is gone; one at work now is left alone. A pid of this machine that runs again (since
+    given to another process) does not keep a folder untouched for days either."""
+    paths = write_images(tmp_path / "img")
+    cache = tmp_path / "cache"
+    host = socket.gethostname()
+    folders = {
+        "other_machine_old": cache / ".tmp_othermachine_123_abc",
+        "other_machine_writing": cache / ".tmp_othermachine_456_abc",
+        "pid_reused": cache / f".tmp_{host}_{os.getpid()}_old",
+        "older_naming": cache / ".tmp_k3j4x9",
+    }
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+        (folder / "images.npy").write_bytes(b"partial")
+    for name in ("other_machine_old", "pid_reused", "older_naming"):
+        _age(folders[name], days=3)
+    cached(paths, cache)
+    left = {name for name, folder in folders.items() if folder.exists()}
+    assert left == {"other_machine_writing"}
+
+
+def test_synthetic_generation_removes_the_temp_folders_of_killed_writers(tmp_path: Path) -> None:
+    from leuk.data.synthetic import SyntheticSpec, generate_dataset
+
+    root = tmp_path / "synthetic"
+    dead = root / f".tmp_{socket.gethostname()}_{_dead_pid()}_x"
+    old = root / ".tmp_abcd1234"  # the name synthetic data used before: known by age only
+    for folder in (dead, old):
+        folder.mkdir(parents=True)
+        (folder / "spec.json").write_text("{")
+    _age(old, days=3)
+    target = generate_dataset(root, SyntheticSpec(images_per_class=1, size=32, seed=0, fmt="png"))
+    assert (target / "spec.json").is_file()
+    assert not dead.exists() and not old.exists()
+    assert [p.name for p in root.iterdir()] == [target.name]
 
 
 def test_hashes_from_an_earlier_pass_are_not_computed_again(tmp_path: Path, monkeypatch) -> None:

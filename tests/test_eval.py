@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -123,7 +124,8 @@ def test_eval_writes_every_part(run_dir: Path, tmp_path: Path) -> None:
 
 
 def test_eval_on_a_folder(run_dir: Path, tmp_path: Path) -> None:
-    """data=all data.root=<class folders>: every image of the folder, classes matched by name."""
+    """data=all data.root=<class folders>: every image of the folder, classes matched by name.
+    Written into a (copy of the) finished training folder: evaluation is never refused there."""
     split = pd.read_csv(run_dir / "split.csv")
     root = Path(split["path"][0]).parent.parent
     overrides = [
@@ -134,10 +136,14 @@ def test_eval_on_a_folder(run_dir: Path, tmp_path: Path) -> None:
         "latency=false",
         "shifts=[]",
     ]
-    result = evaluate(compose_config(overrides, output_dir=tmp_path, config_name="eval"))
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out, ignore=shutil.ignore_patterns("checkpoints"))
+    metrics = (out / "metrics.json").read_bytes()
+    result = evaluate(compose_config(overrides, output_dir=out, config_name="eval"))
     assert result["n_images"] == len(split)
     assert result["external"] is True and result["shift"] == []
     assert "latency" not in result and "xgboost" not in result
+    assert (out / "eval.json").is_file() and (out / "metrics.json").read_bytes() == metrics
 
 
 def test_eval_config_is_checked(tmp_path: Path) -> None:

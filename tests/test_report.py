@@ -101,6 +101,34 @@ def test_failed_run_is_counted_and_listed(tmp_path: Path) -> None:
     assert "no ckpt" not in markdown
 
 
+def _hydra_record(folder: Path, config_name: str, overrides: list[str]) -> None:
+    """The .hydra/ folder Hydra writes when a run starts (before the task runs)."""
+    hydra_dir = folder / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    config = {"task_name": config_name, "seed": 4, "model": {"name": "resnet18"}, "data": {"image_size": 64}}
+    (hydra_dir / "config.yaml").write_text(json.dumps(config))
+    hydra = {"hydra": {"job": {"config_name": config_name}, "runtime": {"choices": {"model": "resnet18"}}}}
+    (hydra_dir / "hydra.yaml").write_text(json.dumps(hydra))
+    (hydra_dir / "overrides.yaml").write_text(json.dumps(overrides))
+
+
+def test_killed_run_is_counted_and_listed_as_unfinished(tmp_path: Path) -> None:
+    """A training run killed before it wrote metrics.json or failed.json (out of memory, a wall-time
+    limit, Ctrl-C twice) left only what Hydra wrote at its start: it counts as unfinished."""
+    sweep = _fake_sweep(tmp_path)
+    _hydra_record(sweep / "killed", "train", ["model=resnet18", "seed=4"])
+    # Not training runs: an evaluation's folder, and a finished run's (both have .hydra/ too).
+    _hydra_record(sweep / "d" / "eval", "eval", [])
+    _hydra_record(sweep / "a", "train", ["model=resnet18", "seed=1"])
+    _, csv_path, markdown = write_report([sweep])
+    table = pd.read_csv(csv_path)
+    assert (table.runs.sum(), table.failed.sum(), table.unfinished.sum()) == (3, 1, 1)
+    assert "3 completed, 1 failed, 1 unfinished" in markdown
+    unfinished = markdown.split("## Unfinished runs", 1)[1]
+    assert "`killed` (resnet18, seed 4" in unfinished and "killed, or still running" in unfinished
+    assert "`a`" not in unfinished and "eval" not in unfinished
+
+
 def test_unreadable_metrics_file_counts_as_failed(tmp_path: Path) -> None:
     sweep = _fake_sweep(tmp_path)
     (sweep / "e").mkdir()

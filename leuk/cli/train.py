@@ -34,30 +34,42 @@ from leuk.run_summary import (
 )
 from leuk.tracking import leuk_wandb_loggers
 from leuk.utils.report import print_config_tree, print_metric_table, write_json
+from leuk.utils.run_folder import claim_run_folder
 from leuk.utils.task import task_wrapper
 
 log = logging.getLogger(__name__)
 
 
-# The task name recorded in failed.json stays the documented command's (leuk.report reads it).
-@task_wrapper(task="leuk.train.train")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then test the best (or, with ``test_checkpoint=last``, the last) checkpoint; return the
-    values written to ``metrics.json``."""
+    values written to ``metrics.json``.
+
+    The run folder is claimed first (``leuk.utils.run_folder``): one that another run is using, or
+    that holds a finished run, is refused before anything is written there, ``failed.json``
+    included; the claim ends with the run, failed or not."""
+    out_dir = Path(cfg.paths.output_dir)
+    overwrite, resume = cfg.get("overwrite") is True, bool(cfg.get("ckpt_path"))
+    with claim_run_folder(out_dir, overwrite=overwrite, resume=resume):
+        return _train(cfg, out_dir)
+
+
+# The task name recorded in failed.json stays the documented command's (leuk.report reads it).
+@task_wrapper(task="leuk.train.train")
+def _train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     # `plots` is new in issue 16 (until the schema lists it).
     validate_train_config(cfg)
     if cfg.train:
         # Before any image is decoded: weights that cannot be had, or frozen random weights.
         check_weights_policy(cfg.model, image_size=cfg.data.get("image_size"))
+    if cfg.get("ckpt_path"):
+        # Before any image is decoded too: a missing, damaged or other model's checkpoint.
+        check_checkpoint(cfg.ckpt_path, cfg.model.name)
     if cfg.get("print_config"):
         print_config_tree(cfg)
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
-    out_dir = Path(cfg.paths.output_dir)
     run = build_run(cfg)
     datamodule, module, trainer = run.datamodule, run.module, run.trainer
-    if cfg.get("ckpt_path"):
-        check_checkpoint(cfg.ckpt_path, cfg.model.name)
 
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -132,6 +132,8 @@ class TrainConfig:
     test: bool = True
     test_checkpoint: TestCheckpoint = TestCheckpoint.best
     ckpt_path: str | None = None
+    # true: run into a folder that holds a finished run, replacing it (leuk.utils.run_folder).
+    overwrite: bool = False
     print_config: bool = False
     optimized_metric: str | None = None
     noise_sigmas: list[float] = field(default_factory=list, metadata={"sigmas": True})
@@ -293,6 +295,26 @@ def _check_model(model: Any, problems: list[str], lookup: ModelLookup | None) ->
     check_call_arguments(entry, target, arch, "model.arch", problems, supplied=MODEL_SUPPLIED, partial=True)
 
 
+def _check_training_ends(trainer: Any, problems: list[str]) -> None:
+    """Lightning reads ``max_epochs=-1`` as "no epoch limit": without ``max_steps`` or ``max_time``
+    (or ``fast_dev_run``) the run would train until killed, and never write metrics.json."""
+    if not isinstance(trainer, DictConfig):
+        return
+    epochs = trainer.get("max_epochs")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs >= 0:
+        return
+    if epochs < -1:
+        problems.append(f"trainer.max_epochs: {epochs} is not a number of epochs (≥ 0)")
+        return
+    steps = trainer.get("max_steps")
+    if trainer.get("fast_dev_run") or (isinstance(steps, int) and steps > 0) or trainer.get("max_time"):
+        return
+    problems.append(
+        "trainer.max_epochs: -1 means no epoch limit, and nothing else ends the run; give a number of "
+        "epochs, or bound it with +trainer.max_steps=<steps> or +trainer.max_time=<DD:HH:MM:SS>"
+    )
+
+
 def _problems(cfg: DictConfig, schema: type, model_lookup: ModelLookup | None = None) -> list[str]:
     problems: list[str] = []
     check_fields(cfg, "", schema, problems)
@@ -311,8 +333,11 @@ def validate_train_config(cfg: DictConfig, *, model_lookup: ModelLookup | None =
 
     ``model_lookup(name)`` returns the registered constructor for a model name (raising a
     ``ValueError`` for an unknown one); by default ``MODEL_REGISTRY``, located when the check runs.
+    ``trainer.max_epochs=-1`` is refused unless ``max_steps`` or ``max_time`` ends the run.
     """
-    _raise(_problems(cfg, TrainConfig, model_lookup))
+    problems = _problems(cfg, TrainConfig, model_lookup)
+    _check_training_ends(cfg.get("trainer"), problems)
+    _raise(problems)
 
 
 def validate_bench_config(cfg: DictConfig, *, model_lookup: ModelLookup | None = None) -> None:

@@ -8,7 +8,9 @@ is keyed by what makes its pixels: the files' content (their SHA-256 hashes, in 
 hashes that grouping uses), the size, the source and preprocessing keys, and a fingerprint of the
 code and library versions that decode and preprocess (``code_fingerprint``). An entry is written
 in a temporary folder, its metadata (with pixel checksums) last, and published by one rename; one
-that is damaged later is found on loading, logged and rebuilt.
+that is damaged later is found on loading, logged and rebuilt. The temporary folders that killed
+writers leave are removed by the next run (``leuk.utils.temp_dirs``: a dead pid on this machine, or
+a day untouched).
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ import json
 import logging
 import os
 import shutil
-import socket
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError, features
 
 from leuk.data.sources import DataError
+from leuk.utils.temp_dirs import make_temp_dir, remove_stale_temp_dirs
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ PREPROCESS_LIBRARIES = (
 CODEC_FEATURES = ("jpg", "libjpeg_turbo")
 # Rows per pixel checksum: small enough to check in parallel, large enough to keep the list short.
 CHECKSUM_ROWS = 256
-_TMP_PREFIX = ".tmp_"
 # Pillow's integer modes of more than 8 bits per sample (16-bit grayscale PNG/TIFF, 32-bit TIFF).
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 TIFF_BITS_PER_SAMPLE = 258
@@ -292,7 +292,7 @@ def decode_all(
     if cache_dir is None:
         raise ValueError("data.cache=disk needs data.cache_dir")
     root = Path(cache_dir).expanduser()
-    _remove_stale_temps(root)
+    remove_stale_temp_dirs(root)
     fingerprint = code_fingerprint(transform)
     hashes = list(sha256) if sha256 is not None else _hash_all(paths, threads)
     if all(hashes):
@@ -306,8 +306,7 @@ def decode_all(
             return loaded
 
     root.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname()
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{host}_{os.getpid()}_", dir=root))
+    tmp_dir = make_temp_dir(root)
     try:
         result = _decode(paths, size, True, tmp_dir / "images.npy", transform, threads)
         result.stats = transform_stats() if transform_stats is not None else {}
@@ -550,29 +549,6 @@ def _read_entry(folder: Path, key: str, sha256: Sequence[str], size: int) -> Dec
     )
 
 
-def _remove_stale_temps(root: Path) -> None:
-    """Remove the temporary folders that writers on this machine left when they died mid-write
-    (named ``.tmp_<host>_<pid>_…``; a live process's, and other machines', are left alone)."""
-    prefix = f"{_TMP_PREFIX}{socket.gethostname()}_"
-    if not root.is_dir():
-        return
-    for path in root.glob(f"{prefix}*"):
-        pid = path.name[len(prefix) :].split("_", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            log.info("removing a dead writer's temporary cache folder %s", path)
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
 # --------------------------------------------------------------------------- per-lesion patches
 @dataclass
 class DecodedPatches:
@@ -619,7 +595,7 @@ def decode_patches(
         if cache_dir is None:
             raise ValueError("data.cache=disk needs data.cache_dir")
         root = Path(cache_dir).expanduser()
-        _remove_stale_temps(root)
+        remove_stale_temp_dirs(root)
         # "patches|" keeps this entry apart from decode_all's, whose folder holds one image per file.
         key = _cache_key(source_key, sha256, size, f"patches|{transform_key}", fingerprint)
         folder = root / key
@@ -656,9 +632,7 @@ def decode_patches(
     tmp_dir = None
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(
-            tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{socket.gethostname()}_{os.getpid()}_", dir=root)
-        )
+        tmp_dir = make_temp_dir(root)
     try:
         images = (
             np.lib.format.open_memmap(tmp_dir / "patches.npy", mode="w+", dtype=np.uint8, shape=shape)

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from PIL import Image
 from scipy import ndimage
 
 from leuk.data.sources import SourceScan, scan_class_folders
+from leuk.utils.temp_dirs import make_temp_dir, remove_stale_temp_dirs
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +166,17 @@ def generate_dataset(root: str | Path, spec: SyntheticSpec) -> Path:
 
     Each image has its own random stream derived from (seed, class, index), so the data set is the
     same for a seed whatever order or process generates it. The folder appears atomically: two
-    processes generating at once (DDP ranks, parallel sweep jobs) cannot leave a half-written tree.
+    processes generating at once (DDP ranks, parallel sweep jobs) cannot leave a half-written tree,
+    and the temporary folder of a generator that was killed is removed by the next one
+    (``leuk.utils.temp_dirs``).
     """
     root = Path(root).expanduser()
     target = root / f"synthetic_{spec.key()}"
     if (target / "spec.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp_", dir=root))
+    remove_stale_temp_dirs(root)
+    tmp = make_temp_dir(root)
     try:
         for class_index, folder in enumerate(CLASSES):
             (tmp / folder).mkdir()

@@ -20,11 +20,12 @@ def render_markdown(
     common = common_overrides(rows)
     n_ok = sum(len(r.runs) for r in rows)
     n_failed = sum(len(r.failed) for r in rows)
+    n_unfinished = sum(len(r.unfinished) for r in rows)
     parts = [
         "# leuk report",
         "",
         f"Runs from {', '.join(f'`{f}`' for f in folders)}; written {datetime.now():%Y-%m-%d %H:%M}. "
-        f"{n_ok} completed, {n_failed} failed.",
+        f"{n_ok} completed, {n_failed} failed, {n_unfinished} unfinished.",
         "",
         "One row per model × protocol; runs that differ only in seed or fold are one row. Values are "
         "the mean ± sample standard deviation (ddof = 1) over the row's completed runs; a row of one "
@@ -68,6 +69,13 @@ def render_markdown(
         "## Failed runs",
         "",
         failed_list(rows, base, common),
+        "",
+        "## Unfinished runs",
+        "",
+        "Training runs that started (Hydra wrote `.hydra/`) but left neither `metrics.json` nor "
+        "`failed.json`: killed (out of memory, a time limit, a signal), or still running.",
+        "",
+        failed_list(rows, base, common, which="unfinished"),
         "",
     ]
     return "\n".join(parts)

@@ -56,6 +56,8 @@ class Row:
     key: tuple[str, str, str, str, int, tuple[str, ...]]
     runs: list[Run]
     failed: list[Run]
+    # Killed or still running (``Run.unfinished``).
+    unfinished: list[Run] = field(default_factory=list)
     references: list[Reference] = field(default_factory=list)
     # Whether validation (``select``) picks this row among the settings of its model and protocol
     # (``BEST_MARK``, with "(tie)" when other rows share the best value), else "".
@@ -117,11 +119,11 @@ def build_rows(runs: Sequence[Run], references: Sequence[Reference] = ()) -> lis
     groups: dict[tuple, Row] = {}
     for run in runs:
         row = groups.setdefault(run.key, Row(key=run.key, runs=[], failed=[]))
-        (row.failed if run.failed else row.runs).append(run)
+        (row.failed if run.failed else row.unfinished if run.unfinished else row.runs).append(run)
     rows = sorted(groups.values(), key=lambda r: (r.key[:4], r.key[4], r.key[5]))
     for row in rows:
         # Every run must match (a value of fold 0 is not the counterpart of a mean over folds).
-        members = row.runs or row.failed
+        members = row.runs or row.failed or row.unfinished
         row.references = [
             ref for ref in references if all(ref.applies(row.model, row.data, r.lookup) for r in members)
         ]

@@ -1,6 +1,7 @@
 """Loading run folders: each ``metrics.json`` is one completed run, each ``failed.json`` (written
-by ``leuk.utils.task.task_wrapper``) one failed run, with the run's Hydra config, group choices and
-overrides beside it."""
+by ``leuk.utils.task.task_wrapper``) one failed run, and each training run's ``.hydra/`` with
+neither beside it one unfinished run (killed, or still running); with the run's Hydra config, group
+choices and overrides beside it."""
 
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from leuk.utils.run_folder import LOCK_FILE
 from leuk.utils.task import FAILED_FILE
 
 METRICS_FILE = "metrics.json"
+HYDRA_DIR = ".hydra"
+# The primary config a training run is composed from (``hydra.job.config_name`` in .hydra/hydra.yaml;
+# task_name differs from experiment to experiment, the config name does not).
+TRAIN_CONFIG = "train"
 # The entry points whose failures are runs of the table (a failed leuk.eval leaves failed.json too):
 # the training task as recorded before and after the entry points moved to leuk.cli.
 TRAIN_TASKS = frozenset({"leuk.train.train", "leuk.cli.train.train"})
@@ -33,6 +39,8 @@ _FOLD = re.compile(r",? fold \d+")
 class Run:
     path: Path
     failed: bool
+    # Started (Hydra wrote .hydra/) but wrote neither metrics.json nor failed.json.
+    unfinished: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
     failure: dict[str, Any] = field(default_factory=dict)
     config: DictConfig | None = None
@@ -111,23 +119,36 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _unfinished_note(run_dir: Path) -> str:
+    note = f"no {METRICS_FILE} or {FAILED_FILE}: killed, or still running"
+    try:
+        lock = json.loads((run_dir / LOCK_FILE).read_text())
+        return f"{note} ({LOCK_FILE}: pid {lock['pid']} on {lock['host']}, since {lock.get('time', '?')})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return note
+
+
 def load_run(run_dir: Path) -> Run:
-    """The run in ``run_dir`` (a completed run if its metrics.json is newer than any failed.json)."""
+    """The run in ``run_dir`` (a completed run if its metrics.json is newer than any failed.json;
+    unfinished if it has neither)."""
     metrics_path, failed_path = run_dir / METRICS_FILE, run_dir / FAILED_FILE
     failed = failed_path.is_file() and (
         not metrics_path.is_file() or failed_path.stat().st_mtime > metrics_path.stat().st_mtime
     )
     run = Run(path=run_dir, failed=failed)
+    if not failed and not metrics_path.exists():
+        run.unfinished = True
+        run.failure = {"status": "unfinished", "error": _unfinished_note(run_dir)}
     try:
         if failed:
             run.failure = _read_json(failed_path)
-        else:
+        elif not run.unfinished:
             run.metrics = _read_json(metrics_path)
     except (OSError, ValueError) as err:
         name = FAILED_FILE if failed else METRICS_FILE
         run.failed = True
         run.failure = {"status": "failed", "error": f"unreadable {name}: {err}"}
-    hydra_dir = run_dir / ".hydra"
+    hydra_dir = run_dir / HYDRA_DIR
     if (hydra_dir / "config.yaml").is_file():
         run.config = OmegaConf.load(hydra_dir / "config.yaml")
     if (hydra_dir / "hydra.yaml").is_file():
@@ -140,6 +161,15 @@ def load_run(run_dir: Path) -> Run:
     return run
 
 
+def started_training(run_dir: Path) -> bool:
+    """Whether Hydra started a training run in ``run_dir`` (its .hydra/hydra.yaml names conf/train.yaml)."""
+    try:
+        hydra = OmegaConf.load(run_dir / HYDRA_DIR / "hydra.yaml")
+        return OmegaConf.select(hydra, "hydra.job.config_name") == TRAIN_CONFIG
+    except Exception:  # unreadable or not a Hydra record: not a run of the table
+        return False
+
+
 def collect_runs(folders: Iterable[str | Path]) -> list[Run]:
     """Every run folder below ``folders`` (each counted once, however the folders overlap)."""
     seen: dict[Path, Run] = {}
@@ -150,6 +180,11 @@ def collect_runs(folders: Iterable[str | Path]) -> list[Run]:
         for marker in (*folder.rglob(METRICS_FILE), *folder.rglob(FAILED_FILE)):
             run_dir = marker.parent.resolve()
             if run_dir not in seen:
+                seen[run_dir] = load_run(run_dir)
+        # A training run killed before it wrote either file left only what Hydra wrote at its start.
+        for marker in folder.rglob(HYDRA_DIR):
+            run_dir = marker.parent.resolve()
+            if run_dir not in seen and marker.is_dir() and started_training(run_dir):
                 seen[run_dir] = load_run(run_dir)
     runs = [run for run in seen.values() if run.failure.get("task") in (None, *TRAIN_TASKS)]
     return sorted(runs, key=lambda r: str(r.path))

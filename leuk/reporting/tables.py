@@ -1,5 +1,5 @@
 """The report's tables: markdown (results, noise robustness, comparison with the papers, failed
-runs) and the CSV frame."""
+and unfinished runs) and the CSV frame."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def md_table(header: Sequence[str], body: Iterable[Sequence[str]]) -> str:
 
 
 def results_table(rows: Sequence[Row], common: frozenset[str], select: str = DEFAULT_SELECT) -> str:
-    header = ["model", "experiment", "data", "split", "size", "setting", "runs", "failed"]
+    header = ["model", "experiment", "data", "split", "size", "setting", "runs", "failed", "unfinished"]
     header += [f"best by {select}"]
     header += [f"{stage} {m}" for m in METRICS for stage in ("test", "val")]
     header += ["n_test", "time/run (s)"]
@@ -39,7 +39,7 @@ def results_table(rows: Sequence[Row], common: frozenset[str], select: str = DEF
     for row in rows:
         cells = [row.model, row.experiment or "-", row.data, row.split, str(row.image_size)]
         cells += [row.setting(common) or "-", str(len(row.runs)), str(len(row.failed))]
-        cells += [row.best_mark]
+        cells += [str(len(row.unfinished)), row.best_mark]
         for m in METRICS:
             cells += [row.stat(m).format(), row.val(m).format()]
         cells += [_number(row.stat("n_test").mean), row.stat("wall_time_s").format(1)]
@@ -119,10 +119,13 @@ def _first_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def failed_list(rows: Sequence[Row], base: Path, common: frozenset[str] = frozenset()) -> str:
+def failed_list(
+    rows: Sequence[Row], base: Path, common: frozenset[str] = frozenset(), which: str = "failed"
+) -> str:
+    """One line per failed run (``which="unfinished"``: per unfinished run): where, what, why."""
     lines = []
     for row in rows:
-        for run in row.failed:
+        for run in getattr(row, which):
             try:
                 where = run.path.relative_to(base.resolve())
             except ValueError:
@@ -148,6 +151,7 @@ def report_frame(rows: Sequence[Row], common: frozenset[str], select: str = DEFA
             "setting": row.setting(common),
             "runs": len(row.runs),
             "failed": len(row.failed),
+            "unfinished": len(row.unfinished),
             "seeds": " ".join(map(str, row.seeds)),
             "best_by_val": row.best_by_val,
             "selected_on": select,
