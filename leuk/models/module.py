@@ -55,7 +55,8 @@ class Classifier(L.LightningModule):
         self.val_metrics = template.clone(prefix="val/")
         self.test_metrics = template.clone(prefix="test/")
         # The epoch loss is a MeanMetric weighted by images: exact under DDP with uneven shards, and
-        # the same on every rank, so all ranks pick the same best checkpoint.
+        # the same on every rank, so all ranks pick the same best checkpoint. Like the metrics, it is
+        # computed in the epoch-end hooks (``_log_epoch_metrics``) and logged as a number.
         self.train_mean_loss, self.val_mean_loss, self.test_mean_loss = (
             MeanMetric(),
             MeanMetric(),
@@ -79,11 +80,9 @@ class Classifier(L.LightningModule):
         probs = logits.detach().float().softmax(dim=1)
         getattr(self, f"{stage}_metrics").update(probs, y)
         self._metrics_pending.add(stage)
-        mean_loss = getattr(self, f"{stage}_mean_loss")
-        mean_loss.update(loss.detach(), weight=len(y))
+        getattr(self, f"{stage}_mean_loss").update(loss.detach(), weight=len(y))
         if stage == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
-        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss, probs
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -103,17 +102,23 @@ class Classifier(L.LightningModule):
         return self(x).float().softmax(dim=1)
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        """Compute (synchronized across ranks), log and reset one stage's metrics.
+        """Compute (synchronized across ranks), log and reset one stage's metrics and epoch loss.
 
-        Logged here rather than as metric objects in ``_step``: per-class and confusion values come
-        out of ``compute()`` as a dict, which Lightning's metric-object logging cannot take.
+        Computed here, in a hook every rank runs at the same point, and logged as numbers, never as
+        metric objects: Lightning computes a logged metric object (a collective under DDP) when its
+        value is first read, and the first reader can be code on rank 0 alone (the progress bar at
+        the end of a training epoch), which then waits in a collective the other ranks never join.
         """
         if stage not in self._metrics_pending:
             return
         metrics = getattr(self, f"{stage}_metrics")
+        mean_loss = getattr(self, f"{stage}_mean_loss")
         values = metrics.compute()
+        loss = mean_loss.compute()
         metrics.reset()
+        mean_loss.reset()
         self._metrics_pending.discard(stage)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         # Confusion counts are integers; Lightning's epoch reduction wants floats.
         self.log_dict({k: v.float() for k, v in values.items()}, on_step=False, on_epoch=True)
 
