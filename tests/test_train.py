@@ -145,15 +145,15 @@ def test_metrics_json_and_split_csv(tmp_path: Path) -> None:
 
 
 def test_resume_from_last_checkpoint(tmp_path: Path) -> None:
-    first, second, straight = tmp_path / "first", tmp_path / "second", tmp_path / "straight"
-    common = [*TINY, "logger=none"]
-    train(compose_config([*common, "trainer.max_epochs=1"], output_dir=first))
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = [*TINY, "logger=none", "plots=false"]
+    one_epoch = train(compose_config([*common, "trainer.max_epochs=1"], output_dir=first))
     last = first / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["epoch"] == 0
     resumed = train(compose_config([*common, "trainer.max_epochs=2", f"ckpt_path={last}"], output_dir=second))
-    uninterrupted = train(compose_config([*common, "trainer.max_epochs=2"], output_dir=straight))
-    assert resumed["epochs_trained"] == uninterrupted["epochs_trained"] == 2
-    assert resumed["global_step"] == uninterrupted["global_step"]
+    # As a run of two epochs straight through: the step count goes on from the first epoch's.
+    assert resumed["epochs_trained"] == 2
+    assert resumed["global_step"] == 2 * one_epoch["global_step"] > 0
     # The resumed run trained only the missing epoch: its last checkpoint continues the first run's.
     assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
 
