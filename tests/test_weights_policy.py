@@ -102,8 +102,15 @@ def test_nothing_frozen_needs_no_flag(tmp_path: Path, caplog: pytest.LogCaptureF
     assert not [r for r in caplog.records if "random" in r.getMessage() and r.levelno >= logging.WARNING]
 
 
-def _vgg16_file(tmp_path: Path, drop_block5: bool = False) -> tuple[Path, dict[str, torch.Tensor]]:
-    state = timm.create_model("vgg16", num_classes=0).state_dict()
+@pytest.fixture(scope="module")
+def vgg16_state() -> dict[str, torch.Tensor]:
+    """timm's VGG16 weights as a weights file holds them (fc6/fc7 included), built once."""
+    return timm.create_model("vgg16", num_classes=0).state_dict()
+
+
+def _vgg16_file(
+    state: dict[str, torch.Tensor], tmp_path: Path, drop_block5: bool = False
+) -> tuple[Path, dict[str, torch.Tensor]]:
     if drop_block5:
         block5 = ("features.24.", "features.26.", "features.28.")
         state = {k: v for k, v in state.items() if not k.startswith(block5)}
@@ -113,9 +120,9 @@ def _vgg16_file(tmp_path: Path, drop_block5: bool = False) -> tuple[Path, dict[s
 
 
 def test_local_weights_file_satisfies_the_paper_experiment(
-    offline_no_cache: list[tuple], tmp_path: Path
+    offline_no_cache: list[tuple], vgg16_state: dict[str, torch.Tensor], tmp_path: Path
 ) -> None:
-    path, state = _vgg16_file(tmp_path)
+    path, state = _vgg16_file(vgg16_state, tmp_path)
     overrides = ["experiment=vgg16_paper", "data=synthetic", *FAST, f"model.weights={path}"]
     cfg = compose_config(overrides, output_dir=tmp_path / "run")
     assert cfg.model.pretrained is True, "the paper fine-tunes ImageNet weights: the experiment asks for them"
@@ -132,8 +139,10 @@ def test_local_weights_file_satisfies_the_paper_experiment(
     assert all(torch.equal(v, state[k]) for k, v in own.items())
 
 
-def test_weights_file_without_the_frozen_block_is_refused(tmp_path: Path) -> None:
-    path, _ = _vgg16_file(tmp_path, drop_block5=True)
+def test_weights_file_without_the_frozen_block_is_refused(
+    vgg16_state: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    path, _ = _vgg16_file(vgg16_state, tmp_path, drop_block5=True)
     cfg = compose_config([*FAST, "model=vgg16_mod", f"model.weights={path}"], output_dir=tmp_path)
     with pytest.raises(ValueError, match=rf"{BLOCK5:,}.*model\.allow_random_frozen=true"):
         train(cfg)
