@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from leuk.abstention import uncertain_mask
 from leuk.data.decode import open_rgb
 from leuk.data.prediction import PredictionDataModule
+from leuk.data.sources import DataError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def preprocess_for_run(run_dir: Path, split: pd.DataFrame | None, saved_steps: A
     if pipeline is None or not pipeline.needs_fit:
         return pipeline
     if split is None:
-        raise FileNotFoundError(
+        raise DataError(
             f"the run's preprocessing is fitted on its training images, but {run_dir} has no split.csv"
         )
     train_paths = split.loc[split["split"] == "train", "path"].tolist()

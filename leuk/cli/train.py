@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import leuk  # noqa: F401  (registers the config resolvers before Hydra composes)
 from leuk.checkpoints import check_checkpoint
+from leuk.cli.errors import user_errors
 from leuk.composition import build_run
 from leuk.config import config_dir
 from leuk.config.schema import validate_train_config
@@ -52,10 +53,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("ckpt_path"):
+        # Before any image is decoded too: a missing checkpoint or one of another model.
+        check_checkpoint(cfg.ckpt_path, cfg.model.name)
     run = build_run(cfg)
     datamodule, module, trainer = run.datamodule, run.module, run.trainer
-    if cfg.get("ckpt_path"):
-        check_checkpoint(cfg.ckpt_path, cfg.model.name)
 
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +135,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with user_errors("leuk-train"):
+        metrics = train(cfg)
     # The value an Optuna sweep optimizes (``optimized_metric: val/mcc`` etc.).
     key = cfg.get("optimized_metric")
     return float(metrics[key]) if key and metrics.get(key) is not None else None

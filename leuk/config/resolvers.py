@@ -63,6 +63,26 @@ def _wandb_tags(tags: Iterable[Any], model: str, seed: Any) -> list[str]:
     return list(dict.fromkeys(t[:64] for t in out))
 
 
+def _help_groups() -> str:
+    """The config groups of the running command (``--help``), each with its options: those the
+    command's defaults list chose from, without Hydra's own groups and without the private files
+    (``_base``, ``_loader``) that options inherit from. The option chosen by default is starred."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hc = _hydra_job()
+    if hc is None or not GlobalHydra.instance().is_initialized():
+        return ""
+    loader = GlobalHydra.instance().config_loader()
+    lines = []
+    for group, choice in sorted(hc.runtime.choices.items()):
+        if group == "hydra" or group.startswith("hydra/"):
+            continue
+        options = [o for o in sorted(loader.get_group_options(group)) if not o.startswith("_")]
+        shown = ", ".join(f"{o}*" if o == choice else o for o in options)
+        lines.append(f"  {group}: {shown}" + ("" if choice else "  (none by default)"))
+    return "\n".join(lines)
+
+
 def register_resolvers() -> None:
     """Register ``leuk.*`` resolvers; safe to call more than once."""
     resolvers = {
@@ -71,6 +91,7 @@ def register_resolvers() -> None:
         "leuk.mixed_precision": _mixed_precision,
         "leuk.wandb_group": _wandb_group,
         "leuk.wandb_tags": _wandb_tags,
+        "leuk.help_groups": _help_groups,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
