@@ -1,9 +1,12 @@
-# CPU image by default; for CUDA: docker build --build-arg BASE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 \
-#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+# The image installs every package from pip's configured index (PyPI unless the build machine's pip
+# says otherwise): no index address is written here. For CUDA, pass a CUDA base image and the
+# package index of the matching torch wheels (docs/scale.md#docker):
+#   docker build --build-arg BASE=<a CUDA runtime image> --build-arg TORCH_INDEX=<its torch wheel index> .
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# No default: unset, torch comes from pip's configured index with the other dependencies.
+ARG TORCH_INDEX
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     NO_ALBUMENTATIONS_UPDATE=1 \
@@ -21,7 +24,9 @@ COPY pyproject.toml README.md ./
 COPY leuk ./leuk
 COPY conf ./conf
 # A regular (non-editable) install: the configs ship inside the package as leuk/conf.
-RUN python3 -m pip install --index-url ${TORCH_INDEX} --extra-index-url https://pypi.org/simple torch torchvision \
+RUN if [ -n "${TORCH_INDEX}" ]; then \
+        python3 -m pip install --index-url "${TORCH_INDEX}" torch torchvision; \
+    fi \
     && python3 -m pip install . \
     && rm -rf /opt/leuk/leuk /opt/leuk/conf
 

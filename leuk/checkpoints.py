@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from leuk.callbacks.checkpoint_info import FORMAT_VERSION
+from leuk.utils.errors import UserError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used: missing, unreadable, not leuk's, or from another version."""
 
 
@@ -179,7 +180,7 @@ def check_checkpoint(ckpt_path: str, model_name: str) -> None:
     both (before anything is built around it)."""
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path: no such checkpoint '{path}'")
+        raise CheckpointError(f"ckpt_path: no such checkpoint '{path}'")
     ckpt = _read(path)
     info = ckpt.get("leuk")
     hp = ckpt.get("hyper_parameters")

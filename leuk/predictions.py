@@ -99,7 +99,7 @@ def preprocess_for_run(run_dir: Path, split: pd.DataFrame | None, saved_steps: A
     if pipeline is None or not pipeline.needs_fit:
         return pipeline
     if split is None:
-        raise FileNotFoundError(
+        raise DataError(
             f"the run's preprocessing is fitted on its training images, but {run_dir} has no split.csv"
         )
     train_paths = split.loc[split["split"] == "train", "path"].tolist()

@@ -29,8 +29,13 @@ from PIL import Image
 from skimage.color import hed2rgb, rgb2hed
 
 from leuk.preprocess.lesion import LesionSettings, lesion_mask
+from leuk.utils.errors import UserConfigError
 
 Shift = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
+
+
+class ShiftConfigError(UserConfigError, ValueError):
+    """``shifts`` / ``shift_strengths`` of ``conf/eval.yaml`` that cannot run."""
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -101,10 +106,10 @@ def chosen_shifts(names: Sequence[str], strengths: Mapping[str, Sequence[float]]
     evaluation at start naming the key."""
     unknown = sorted(set(names) - set(SHIFTS))
     if unknown:
-        raise ValueError(f"shifts: unknown {unknown}; the shifts are {sorted(SHIFTS)}")
+        raise ShiftConfigError(f"shifts: unknown {unknown}; the shifts are {sorted(SHIFTS)}")
     missing = [n for n in names if not strengths.get(n)]
     if missing:
-        raise ValueError(f"shifts: no strengths for {missing}; set shift_strengths.<name>=[...]")
+        raise ShiftConfigError(f"shifts: no strengths for {missing}; set shift_strengths.<name>=[...]")
     return {n: [float(v) for v in strengths[n]] for n in names}
 
 

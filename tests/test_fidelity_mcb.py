@@ -141,8 +141,8 @@ def test_test_checkpoint_last_tests_the_last_epoch(tmp_path: Path) -> None:
         *TINY,
         "logger=none",
         "trainer.max_epochs=2",
-        "+trainer.limit_train_batches=1",
-        "+trainer.limit_val_batches=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
         "test_checkpoint=last",
     ]
     metrics = train(compose_config(overrides, output_dir=tmp_path))

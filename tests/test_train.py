@@ -185,7 +185,7 @@ def test_wandb_run_finished_when_training_fails(tmp_path: Path) -> None:
 def test_multirun_two_jobs_with_wandb(tmp_path: Path) -> None:
     """`-m seed=1,2` from another working directory: two job folders, two finished W&B runs."""
     cmd = [PYTHON, "-m", "leuk.train", "-m", "seed=1,2", "logger=wandb", "trainer.max_epochs=1", *TINY,
-           "plots=false", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1"]  # fmt: skip
+           "plots=false", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]  # fmt: skip
     proc = subprocess.run(
         cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600
     )
@@ -220,8 +220,8 @@ def test_multirun_joblib_launcher_with_loader_workers(tmp_path: Path) -> None:
         "trainer.max_epochs=1",
         *TINY,
         "plots=false",
-        "+trainer.limit_train_batches=1",
-        "+trainer.limit_val_batches=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
         "data.num_workers=1",
     ]
     proc = subprocess.run(

@@ -32,6 +32,7 @@ from leuk.benchmark import (
     lightning_throughput,
     plain_throughput,
 )
+from leuk.cli.errors import user_errors
 from leuk.composition import build_datamodule, build_module
 from leuk.config import config_dir
 from leuk.config.schema import validate_bench_config
@@ -121,7 +122,8 @@ def _fmt(value: Any) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="bench")
 def main(cfg: DictConfig) -> None:
-    bench(cfg)
+    with user_errors("leuk-bench"):
+        bench(cfg)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,13 @@ from rich.table import Table
 import leuk  # noqa: F401  (registers the config resolvers before Hydra composes)
 from leuk.abstention import abstention, coverage_curve
 from leuk.calibration import calibration_report, reliability_bins
-from leuk.checkpoints import TrainedModel, load_trained
+from leuk.checkpoints import CheckpointError, TrainedModel, load_trained
+from leuk.cli.errors import user_errors
 from leuk.config import config_dir
 from leuk.config.schema import validate_eval_config
 from leuk.data.decode import BadImagesError
 from leuk.data.prediction import PredictionDataModule
+from leuk.data.sources import DataError
 from leuk.latency import measure_inference
 from leuk.metrics import DEFINITIONS, compute_metrics, confusion_matrix
 from leuk.plots import (
@@ -93,7 +95,7 @@ class EvalSet:
 
 def _from_split(split: pd.DataFrame | None, part: str, run_dir: Path, class_names: list[str]) -> EvalSet:
     if split is None:
-        raise FileNotFoundError(
+        raise DataError(
             f"no split.csv in the checkpoint's run folder {run_dir}: evaluate a data set's folder instead "
             "(data=folder data.root=/path/to/class/folders)"
         )
@@ -101,7 +103,7 @@ def _from_split(split: pd.DataFrame | None, part: str, run_dir: Path, class_name
     check_run_images(rows["path"].tolist(), run_dir, f"evaluating the {part} split")
     for label, name in zip(rows["label"], rows["class_name"], strict=True):
         if not 0 <= label < len(class_names) or class_names[label] != name:
-            raise ValueError(
+            raise CheckpointError(
                 f"split.csv of {run_dir} names class {label} '{name}', the checkpoint {class_names}: "
                 "the checkpoint is not this run's"
             )
@@ -115,7 +117,7 @@ def _from_data(data: DictConfig, class_names: list[str]) -> EvalSet:
     scan = instantiate(data.source)(root=data.get("root")).scan()
     unknown = [c for c in scan.class_names if c not in class_names]
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"the data set's classes {scan.class_names} include {unknown}, which the checkpoint does "
             f"not know (its classes: {class_names}); use the data config that names the folders as in "
             "training (e.g. data=all), or data.source.classes"
@@ -153,9 +155,7 @@ def _xgboost(
     from leuk.hybrid import xgboost_report
 
     if split is None:
-        raise FileNotFoundError(
-            f"xgboost=true fits on the run's training split, but {run_dir} has no split.csv"
-        )
+        raise DataError(f"xgboost=true fits on the run's training split, but {run_dir} has no split.csv")
     extractor = PenultimateFeatures(trained.net, trained.model_name)
     features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for part in ("train", "val"):
@@ -165,7 +165,7 @@ def _xgboost(
         images = _decoded(part_set, trained, preprocess, cfg.batch_size)
         features[part] = (predict_probs(trainer, extractor, images), part_set.labels)
     if "train" not in features:
-        raise ValueError(f"xgboost=true: the run's split.csv ({run_dir}) has no training images")
+        raise DataError(f"xgboost=true: the run's split.csv ({run_dir}) has no training images")
     features["test"] = (predict_probs(trainer, extractor, test), test.labels)
     return xgboost_report(features, trained.class_names, OmegaConf.to_container(cfg.xgboost_params), cfg.seed)
 
@@ -253,7 +253,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         else _from_split(split, cfg.split, run_dir, class_names)
     )
     if not eval_set.paths:
-        raise ValueError(f"nothing to evaluate in the {eval_set.description}")
+        raise DataError(f"nothing to evaluate in the {eval_set.description}")
     prefix = "test/" if data is not None else f"{cfg.split}/"
     preprocess = preprocess_for_run(run_dir, split, trained.preprocess_steps)
     test = _decoded(eval_set, trained, preprocess, cfg.batch_size)
@@ -376,7 +376,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    with user_errors("leuk-eval"):
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

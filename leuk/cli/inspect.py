@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import leuk  # noqa: F401  (config resolvers)
+from leuk.cli.errors import user_errors
 from leuk.config import config_dir
 from leuk.data.inspect import inspect_data
 from leuk.utils.report import write_json
@@ -23,11 +24,12 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="inspect")
 def main(cfg: DictConfig) -> None:
-    # The DataModule builds its source from data.root as in training; only the source is scanned,
-    # so no seed, augmentation or preprocessing is needed.
-    datamodule = instantiate(cfg.data)
-    report = inspect_data(datamodule, cfg.get("show_groups", 10))
-    out = write_json(Path(cfg.paths.output_dir) / "inspect.json", report)
+    with user_errors("leuk-inspect"):
+        # The DataModule builds its source from data.root as in training; only the source is
+        # scanned, so no seed, augmentation or preprocessing is needed.
+        datamodule = instantiate(cfg.data)
+        report = inspect_data(datamodule, cfg.get("show_groups", 10))
+        out = write_json(Path(cfg.paths.output_dir) / "inspect.json", report)
     log.info("wrote %s", out)
 
 

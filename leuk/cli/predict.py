@@ -23,6 +23,7 @@ from rich.table import Table
 
 import leuk  # noqa: F401  (registers the config resolvers before Hydra composes)
 from leuk.checkpoints import load_trained
+from leuk.cli.errors import user_errors
 from leuk.config import config_dir
 from leuk.config.schema import validate_predict_config
 from leuk.data.prediction import PredictionDataModule
@@ -58,7 +59,7 @@ def find_images(input_path: str | Path) -> list[str]:
     if path.is_file() or (path.is_symlink() and not path.exists()):
         return [_absolute(path)]
     if not path.is_dir():
-        raise FileNotFoundError(f"input: no such file or folder '{path}'")
+        raise DataError(f"input: no such file or folder '{path}'")
     files = (p for p in path.rglob("*") if is_listed_file(p) and p.suffix.lower() in IMAGE_EXTENSIONS)
     return sorted(_absolute(p) for p in files)
 
@@ -96,7 +97,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     preprocess = preprocess_for_run(run_dir, load_split(run_dir), trained.preprocess_steps)
     paths = find_images(cfg.input)
     if not paths:
-        raise FileNotFoundError(f"input: no image files ({', '.join(IMAGE_EXTENSIONS)}) in '{cfg.input}'")
+        raise DataError(f"input: no image files ({', '.join(IMAGE_EXTENSIONS)}) in '{cfg.input}'")
 
     trainer = prediction_trainer(resolve_device(cfg.device))
     kept: list[str] = []
@@ -139,7 +140,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
 def main(cfg: DictConfig) -> None:
-    predict(cfg)
+    with user_errors("leuk-predict"):
+        predict(cfg)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 import leuk  # noqa: F401  (config resolvers)
+from leuk.cli.errors import user_errors
 from leuk.composition import build_datamodule
 from leuk.config import config_dir
 from leuk.config.schema import validate_preview_config
@@ -32,7 +33,8 @@ def preview(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="preview")
 def main(cfg: DictConfig) -> None:
-    preview(cfg)
+    with user_errors("leuk-preview"):
+        preview(cfg)
 
 
 if __name__ == "__main__":

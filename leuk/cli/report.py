@@ -11,10 +11,13 @@ from collections.abc import Sequence
 
 from leuk.reporting import DEFAULT_SELECT, write_report
 
+# The console script's name, as every command prints it (``leuk.cli.errors``).
+PROG = "leuk-report"
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m leuk.report",
+        prog=PROG,
         description="Mean ± standard deviation over seeds and folds of every run below the folders given, "
         "beside the papers' values; writes report.md and report.csv.",
     )
@@ -37,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         md_path, csv_path, markdown = write_report(args.folders, args.out, args.references, args.select)
     except (FileNotFoundError, ValueError) as err:
-        print(f"leuk.report: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     print(markdown)
     print(f"wrote {md_path} and {csv_path}")

@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
+from leuk.cli.errors import user_errors
 from leuk.config import config_dir
 from leuk.data.timing import render, time_setting
 from leuk.preprocess.timing import Timing, load_preprocess, pick_images, time_preprocess
@@ -116,7 +117,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any] | Timing:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(argv)
+    with user_errors("leuk-timing"):
+        run(argv)
     return 0
 
 

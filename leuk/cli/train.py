@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import leuk  # noqa: F401  (registers the config resolvers before Hydra composes)
 from leuk.checkpoints import check_checkpoint
+from leuk.cli.errors import user_errors
 from leuk.composition import build_run
 from leuk.config import config_dir
 from leuk.config.schema import validate_train_config
@@ -157,7 +158,8 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with user_errors("leuk-train"):
+        metrics = train(cfg)
     # The value an Optuna sweep optimizes (``optimized_metric: val/mcc`` etc.).
     key = cfg.get("optimized_metric")
     return float(metrics[key]) if key and metrics.get(key) is not None else None

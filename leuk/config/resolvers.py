@@ -87,6 +87,26 @@ def _wandb_name(model: str, data_root: Any, exclude: Iterable[str]) -> str:
     return f"{name}-{','.join(shown)}" if shown else name
 
 
+def _help_groups() -> str:
+    """The config groups of the running command (``--help``), each with its options: those the
+    command's defaults list chose from, without Hydra's own groups and without the private files
+    (``_base``, ``_loader``) that options inherit from. The option chosen by default is starred."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hc = _hydra_job()
+    if hc is None or not GlobalHydra.instance().is_initialized():
+        return ""
+    loader = GlobalHydra.instance().config_loader()
+    lines = []
+    for group, choice in sorted(hc.runtime.choices.items()):
+        if group == "hydra" or group.startswith("hydra/"):
+            continue
+        options = [o for o in sorted(loader.get_group_options(group)) if not o.startswith("_")]
+        shown = ", ".join(f"{o}*" if o == choice else o for o in options)
+        lines.append(f"  {group}: {shown}" + ("" if choice else "  (none by default)"))
+    return "\n".join(lines)
+
+
 def register_resolvers() -> None:
     """Register ``leuk.*`` resolvers; safe to call more than once."""
     resolvers = {
@@ -96,6 +116,7 @@ def register_resolvers() -> None:
         "leuk.wandb_group": _wandb_group,
         "leuk.wandb_tags": _wandb_tags,
         "leuk.wandb_name": _wandb_name,
+        "leuk.help_groups": _help_groups,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

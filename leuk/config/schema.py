@@ -70,6 +70,8 @@ class SplitPart(str, Enum):
 @dataclass
 class ModelConfig:
     name: str = field(default=MISSING, metadata={"example": "mcb_hypernet"})
+    # The smallest data.image_size the architecture runs at (null: not known, not checked).
+    min_image_size: int | None = field(default=None, metadata={"min": 1})
     pretrained: bool = False
     weights: str | None = None
     allow_random_frozen: bool = False
@@ -311,8 +313,23 @@ def _check_training_ends(trainer: Any, problems: list[str]) -> None:
         return
     problems.append(
         "trainer.max_epochs: -1 means no epoch limit, and nothing else ends the run; give a number of "
-        "epochs, or bound it with +trainer.max_steps=<steps> or +trainer.max_time=<DD:HH:MM:SS>"
+        "epochs, or bound it with trainer.max_steps=<steps> or trainer.max_time=<DD:HH:MM:SS>"
     )
+
+
+def _check_input_size(cfg: DictConfig, problems: list[str]) -> None:
+    """A data.image_size below what the model runs at stops here, not in a convolution mid-run."""
+    try:
+        size = OmegaConf.select(cfg, "data.image_size", throw_on_resolution_failure=True)
+        minimum = OmegaConf.select(cfg, "model.min_image_size", throw_on_resolution_failure=True)
+    except Exception:  # an unresolvable value is reported by the field checks
+        return
+    if isinstance(size, int) and isinstance(minimum, int) and size < minimum:
+        problems.append(
+            f"data.image_size: {size} px is smaller than model '{cfg.model.name}' accepts "
+            f"(model.min_image_size={minimum}); set data.image_size={minimum} or more, or choose "
+            "another model"
+        )
 
 
 def _problems(cfg: DictConfig, schema: type, model_lookup: ModelLookup | None = None) -> list[str]:
@@ -320,6 +337,7 @@ def _problems(cfg: DictConfig, schema: type, model_lookup: ModelLookup | None = 
     check_fields(cfg, "", schema, problems)
     if issubclass(schema, TrainConfig) and "model" in cfg:
         _check_model(cfg.model, problems, model_lookup)
+        _check_input_size(cfg, problems)
     return problems
 
 

@@ -25,8 +25,10 @@ from typing import Any
 from omegaconf import MISSING as OMEGACONF_MISSING
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from leuk.utils.errors import UserConfigError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserConfigError, ValueError):
     """A config that cannot run, with every problem listed by its full key."""
 
     def __init__(self, problems: Sequence[str]) -> None:

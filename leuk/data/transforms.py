@@ -23,8 +23,10 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from leuk.utils.errors import UserConfigError
 
-class AugmentationConfigError(ValueError):
+
+class AugmentationConfigError(UserConfigError, ValueError):
     """An augmentation entry albumentations would not honour as written."""
 
 

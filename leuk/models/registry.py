@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from leuk.utils.errors import UserConfigError, UserError
+
 log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -24,16 +26,20 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 ModelT = TypeVar("ModelT", bound=Callable[..., nn.Module])
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserConfigError, ValueError):
     """A model name that neither leuk nor timm knows."""
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """ImageNet weights could not be had (offline, or no weights for that name)."""
 
 
-class RandomFrozenError(ValueError):
+class RandomFrozenError(UserConfigError, ValueError):
     """A run would keep randomly initialized parameters frozen (see ``check_weights_policy``)."""
+
+
+class WeightsFileError(UserError, ValueError):
+    """``model.weights`` names a file that is missing, holds no state dict, or fits no tensor."""
 
 
 def register_model(name: str) -> Callable[[ModelT], ModelT]:
@@ -101,7 +107,9 @@ def create_model(
     if "pretrained" in params:
         kwargs["pretrained"] = fetch
     elif pretrained:
-        raise ValueError(f"model '{name}' has no ImageNet weights to load (set model.pretrained=false)")
+        raise PretrainedWeightsError(
+            f"model '{name}' has no ImageNet weights to load (set model.pretrained=false)"
+        )
     try:
         model = entry(num_classes=num_classes, **kwargs)
     except Exception as exc:
@@ -356,7 +364,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` state dict (or a Lightning checkpoint)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"model.weights: no such file '{path}'")
+        raise WeightsFileError(f"model.weights: no such file '{path}'")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -365,7 +373,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"model.weights: '{path}' does not hold a state dict")
+        raise WeightsFileError(f"model.weights: '{path}' does not hold a state dict")
     return state
 
 
@@ -381,7 +389,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     # Files saved from the whole model are accepted as well as from the bare backbone.
     matched, mismatched = _matched_names(target, state)
     if not matched:
-        raise ValueError(
+        raise WeightsFileError(
             f"model.weights: none of the {len(state)} tensors in '{path}' fits "
             f"{type(target).__name__} (is it the weights of another architecture?)"
         )

@@ -15,8 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from leuk.utils.errors import UserConfigError
 
-class PreprocessConfigError(ValueError):
+
+class PreprocessConfigError(UserConfigError, ValueError):
     """A preprocessing setting that cannot work, named by its config key."""
 
 

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from leuk.utils.errors import UserError
+
 COLUMNS = (
     "paper",
     "table",
@@ -89,7 +91,7 @@ _SUMMARY_VARIANT = {
 }
 
 
-class ReferenceFileError(ValueError):
+class ReferenceFileError(UserError, ValueError):
     """A reference file that does not follow the schema above."""
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from leuk.utils.errors import UserError
 from leuk.utils.processes import hostname, process_start_time, same_process_alive
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 _HELD: set[Path] = set()
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError, RuntimeError):
     """A run folder that another run uses or that holds a finished run. It is not this run's folder:
     nothing is recorded in it (``train`` claims the folder outside ``task_wrapper``, so no
     ``failed.json`` is written)."""

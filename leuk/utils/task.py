@@ -1,5 +1,7 @@
 """``task_wrapper``: whatever happens in a task, the experiment trackers are closed cleanly, and a
-failed run leaves ``failed.json`` in its folder so that ``leuk.report`` can count it."""
+failed run leaves ``failed.json`` in its folder so that ``leuk.report`` can count it. A user error
+(``leuk.utils.errors.UserError``: a config, data or checkpoint that cannot run) is not a failed
+run: nothing ran, so it leaves no ``failed.json``, and the command prints it (``leuk.cli.errors``)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
+
+from leuk.utils.errors import user_error_in
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +108,7 @@ def _config_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> DictConfi
 
 def task_wrapper(fn: F | None = None, *, task: str | None = None) -> Any:
     """Log a failure with its traceback, record it in ``failed.json``, re-raise it, and always
-    finish the W&B run.
+    finish the W&B run. A user error is re-raised alone: the command reports it, once.
 
     ``@task_wrapper`` records the task as the function's dotted name; ``@task_wrapper(task=...)``
     records a fixed name, so that a function that moved (``leuk.train.train`` to ``leuk.cli``)
@@ -121,6 +125,8 @@ def task_wrapper(fn: F | None = None, *, task: str | None = None) -> Any:
             failed = False
             return result
         except Exception as error:
+            if user_error_in(error) is not None:
+                raise
             log.exception("the task failed")
             cfg = _config_argument(args, kwargs)
             if cfg is not None:
