@@ -84,7 +84,7 @@ def test_typo_in_data_key_names_the_key(tmp_path) -> None:
         validate_train_config(cfg)
 
 
-@pytest.mark.parametrize("bound", [None, "+trainer.max_steps=100", "+trainer.max_time=00:01:00:00"])
+@pytest.mark.parametrize("bound", [None, "trainer.max_steps=100", "trainer.max_time=00:01:00:00"])
 def test_endless_training_is_refused_unless_bounded(bound: str | None, tmp_path) -> None:
     """trainer.max_epochs=-1 is Lightning's "no epoch limit": alone, the run would never end."""
     overrides = ["trainer.max_epochs=-1", *([bound] if bound else [])]

@@ -315,7 +315,7 @@ def test_wandb_name_of_a_sweep_job(multirun_job) -> None:
             "paths.output_dir=/somewhere",
             "hydra.job.chdir=false",
             "data.num_workers=0",
-            "+trainer.limit_train_batches=2",
+            "trainer.limit_train_batches=2",
         ]
     )
     assert (
