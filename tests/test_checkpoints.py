@@ -81,8 +81,8 @@ def test_damaged_contents_are_named(tmp_path: Path, kind: str, loader: str) -> N
 def test_training_checks_its_checkpoint_before_building_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``ckpt_path=`` pointing at a damaged file stops before any image is decoded; the failed run
-    leaves failed.json in its folder, and no lock."""
+    """``ckpt_path=`` pointing at a damaged file stops before any image is decoded; a user error, it
+    leaves nothing in the run folder: no failed.json, no lock."""
 
     def built(cfg: object) -> None:
         raise AssertionError("the run was built before its checkpoint was checked")
@@ -93,4 +93,4 @@ def test_training_checks_its_checkpoint_before_building_the_run(
     cfg = compose_config([*TINY, "logger=none", f"ckpt_path={path}"], output_dir=tmp_path / "run")
     with pytest.raises(CheckpointError, match=r"last\.ckpt' is empty"):
         train(cfg)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["failed.json"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []

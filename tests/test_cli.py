@@ -103,7 +103,7 @@ def commands(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     ("run", "message", "code"),
     [
         ("typo", TYPO_MESSAGE, UserConfigError.exit_code),
-        ("no_root", "does not exist (set data.root)", UserError.exit_code),
+        ("no_root", "does not exist: set data.root=", UserError.exit_code),
     ],
 )
 def test_a_user_error_is_said_once_without_traceback(

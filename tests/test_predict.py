@@ -162,4 +162,7 @@ def test_predict_fails_when_no_input_can_be_read(run_dir: Path, tmp_path: Path) 
     listed = pd.read_csv(out / "unreadable.csv")["path"].tolist()
     assert listed == [str((folder / "corrupt.png").resolve()), str(folder.resolve() / "gone.png")]
     assert not (out / "predictions.csv").exists()
-    assert json.loads((out / "failed.json").read_text())["status"] == "failed"
+    # A user error: the command exits with status 1 (leuk.cli.errors), and no failed.json records
+    # it as a failed run.
+    assert err.value.exit_code == 1
+    assert not (out / "failed.json").exists()
