@@ -299,3 +299,42 @@ def test_noise_robustness_table(tmp_path: Path) -> None:
     assert f"0.600 ± {0.2 / math.sqrt(2):.3f}" in markdown
     # Runs without noise values give no such section.
     assert "Gaussian-noise" not in write_report([_fake_sweep(tmp_path)])[2]
+
+
+def test_export_keeps_the_record_without_checkpoints_or_absolute_paths(tmp_path: Path) -> None:
+    """--export: each run's record to commit, image paths relative to the data root, no checkpoint;
+    the report of the copy equals the report of the runs."""
+    sweep = _fake_sweep(tmp_path)
+    data_root = tmp_path / "data"
+    for name in FAKE:
+        run = sweep / name
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "config.yaml").write_text("seed: 1\n")
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["best_checkpoint"] = str(run.resolve() / "checkpoints" / "last.ckpt")
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        images = [data_root / "Original" / "Benign" / "a.jpg", data_root / "Original" / "Pro" / "b.jpg"]
+        pd.DataFrame({"path": [str(p) for p in images], "label": [0, 3], "split": ["train", "test"]}).to_csv(
+            run / "split.csv", index=False
+        )
+    out = tmp_path / "results"
+    assert main([str(sweep), "--export", str(out), "--data-root", str(data_root)]) == 0
+    for name in FAKE:
+        assert pd.read_csv(out / name / "split.csv")["path"].tolist() == [
+            "Original/Benign/a.jpg",
+            "Original/Pro/b.jpg",
+        ]
+        assert (
+            json.loads((out / name / "metrics.json").read_text())["best_checkpoint"]
+            == "checkpoints/last.ckpt"
+        )
+        assert (out / name / ".hydra" / "config.yaml").is_file()
+    assert not list(out.rglob("*.ckpt"))
+    assert json.loads((out / "d" / FAILED_FILE).read_text())["status"] == "failed"
+    pd.testing.assert_frame_equal(pd.read_csv(out / "report.csv"), pd.read_csv(write_report([sweep])[1]))
+    # An image outside the data root given is named, not exported with an absolute path.
+    assert (
+        main([str(sweep), "--export", str(tmp_path / "again"), "--data-root", str(tmp_path / "other")]) == 2
+    )
