@@ -53,7 +53,9 @@ def build_datamodule(cfg: DictConfig, **overrides: Any) -> Any:
     return instantiate(
         cfg.data,
         seed=cfg.seed,
-        train_transform=build_augmentation(cfg.augmentation.get("transforms"), seed=cfg.seed),
+        train_transform=build_augmentation(
+            cfg.augmentation.get("transforms"), seed=cfg.seed, background=cfg.augmentation.get("background")
+        ),
         preprocess=build_preprocess(cfg.preprocess.get("steps")),
         **overrides,
     )

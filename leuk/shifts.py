@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from skimage.color import hed2rgb, rgb2hed
 
-from leuk.preprocess.lesion import LesionSettings, lesion_mask
+from leuk.preprocess.background import cell_mask, fill_background
 from leuk.utils.errors import UserConfigError
 
 Shift = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
@@ -74,21 +74,11 @@ def scale(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.nd
     return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
-def cell_mask(image: np.ndarray, dilation: float, settings: LesionSettings | None = None) -> np.ndarray:
-    """The stained cell: the lesion mask dilated by ``dilation`` pixels (boolean HxW)."""
-    mask = lesion_mask(image, settings or LesionSettings()).astype(np.uint8)
-    radius = round(dilation)
-    if radius > 0 and mask.any():
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-        mask = cv2.dilate(mask, kernel)
-    return mask.astype(bool)
-
-
 def remove_background(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
     mask = cell_mask(image, strength)
     if not mask.any():
         return image.copy()
-    return np.where(mask[..., None], image, 0).astype(np.uint8)
+    return fill_background(image, mask, "black", rng)
 
 
 SHIFTS: dict[str, Shift] = {

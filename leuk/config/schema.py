@@ -94,6 +94,8 @@ class ModelConfig:
 @dataclass
 class AugmentationConfig:
     transforms: list[Any] = field(default_factory=list, metadata={"nested": True})
+    # The background group: a transform run first that replaces the cell's background (or null).
+    background: Any = field(default=None, metadata={"nested": True})
 
 
 @dataclass

@@ -39,8 +39,14 @@ def seed_augmentation(pipeline: Any, seed: int | None) -> None:
         set_state(np.random.default_rng(seed), random.Random(seed))
 
 
-def build_augmentation(transforms: Sequence[Any] | None, seed: int | None = None) -> A.Compose | None:
+def build_augmentation(
+    transforms: Sequence[Any] | None, seed: int | None = None, background: Any = None
+) -> A.Compose | None:
     """An ``A.Compose`` of the configured transforms, or ``None`` for an empty list.
+
+    ``background`` (``augmentation.background``, the ``background`` config group): a transform
+    that replaces the background around the cell, run first, before any geometric or colour change
+    of the image the cell mask is found on.
 
     albumentations only warns about an argument it does not know (and then uses its default), so
     its warnings are errors here: a misspelt or removed argument stops the run at start.
@@ -49,10 +55,13 @@ def build_augmentation(transforms: Sequence[Any] | None, seed: int | None = None
     pipeline directly (``leuk.preview``) repeat with it. Training does not depend on it, as the
     training dataset reseeds the pipeline for every sample from the run seed, epoch and position.
     """
-    if not transforms:
+    specs = [(f"augmentation.transforms[{i}]", spec) for i, spec in enumerate(transforms or [])]
+    if background is not None:
+        specs.insert(0, ("augmentation.background", background))
+    if not specs:
         return None
     built = []
-    for i, spec in enumerate(transforms):
+    for key, spec in specs:
         spec_dict = (
             OmegaConf.to_container(spec, resolve=True) if isinstance(spec, (DictConfig, ListConfig)) else spec
         )
@@ -63,7 +72,7 @@ def build_augmentation(transforms: Sequence[Any] | None, seed: int | None = None
                 built.append(instantiate(spec_dict))
             except Exception as exc:
                 cause = exc.__cause__ or exc
-                raise AugmentationConfigError(f"augmentation.transforms[{i}] ({name}): {cause}") from exc
+                raise AugmentationConfigError(f"{key} ({name}): {cause}") from exc
     pipeline = A.Compose(built)
     seed_augmentation(pipeline, seed)
     return pipeline

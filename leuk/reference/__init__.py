@@ -34,7 +34,7 @@ import csv
 import io
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -163,13 +163,30 @@ class Reference:
                 out.append((key.lstrip("+~"), value))
         return out
 
-    def applies(self, model: str, dataset: str, lookup: Callable[[str], object]) -> bool:
-        """Whether this value is the paper's counterpart of a run: same model, data set and protocol."""
+    def applies(
+        self,
+        model: str,
+        dataset: str,
+        lookup: Callable[[str], object],
+        scaled: Mapping[str, object] | None = None,
+    ) -> bool:
+        """Whether this value is the paper's counterpart of a run: same model, data set and protocol.
+
+        ``scaled``: the keys a budget (``budget=cpu``) set for the run, each with the value its
+        experiment gives without the budget (None: unknown, any value). The paper's protocol is still
+        the counterpart where only these keys differ, and the report says so beside the value."""
         if self.model and self.model != model:
             return False
         if self.dataset and self.dataset != dataset:
             return False
-        return all(same_value(lookup(key), value) for key, value in self.conditions())
+        scaled = scaled or {}
+        for key, value in self.conditions():
+            if key in scaled:
+                if scaled[key] is not None and not same_value(scaled[key], value):
+                    return False
+            elif not same_value(lookup(key), value):
+                return False
+        return True
 
 
 def same_value(actual: object, expected: str) -> bool:

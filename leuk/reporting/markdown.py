@@ -7,7 +7,64 @@ from datetime import datetime
 from pathlib import Path
 
 from leuk.reporting.rows import DEFAULT_SELECT, NOISE_METRICS, Row, common_overrides, noise_sigmas
-from leuk.reporting.tables import comparison_table, failed_list, noise_table, results_table
+from leuk.reporting.tables import (
+    calibration_table,
+    comparison_table,
+    external_table,
+    failed_list,
+    noise_table,
+    results_table,
+    row_shifts,
+    shift_table,
+)
+
+
+def _evaluation_sections(rows: Sequence[Row], common: frozenset[str]) -> list[str]:
+    """Calibration, shift and external test sets from the runs' ``leuk.eval`` records."""
+    parts: list[str] = []
+    calibration = calibration_table(rows, common)
+    if calibration:
+        parts += [
+            "## Calibration (`leuk.eval`)",
+            "",
+            "From each run's `eval.json` (the tested checkpoint on its own test split; `evaluated`: "
+            "how many of the row's runs have one), mean ± std over them. ECE: expected calibration "
+            "error of the top-class probability (equal-width bins); `ECE scaled` after temperature "
+            "scaling with `T` fitted on the run's validation split only (n/a where the protocol has "
+            "no validation split); `coverage`: the share of test images whose top probability reaches "
+            "the abstention threshold, `accuracy covered`: the accuracy on them, before and after "
+            "scaling.",
+            "",
+            calibration,
+            "",
+        ]
+    shifts = row_shifts(rows)
+    if shifts:
+        parts += [
+            "## Robustness to shift (`leuk.eval`)",
+            "",
+            "Test accuracy under each shift of `leuk.shifts` at each strength (columns) beside the "
+            "clean images', mean ± std over the evaluated runs; `confident wrong @s`: the share of "
+            "the wrong predictions at strength s whose top probability still reaches the abstention "
+            "threshold (abstention helps only where it is low). Strengths: `hed` the half-width "
+            "of the stain-density jitter, `blur` the Gaussian σ in px, `jpeg` the quality, `brightness` and "
+            "`scale` the factors, `background` the dilation in px of the cell mask kept on black.",
+            "",
+        ]
+        for shift, strengths in shifts.items():
+            parts += [f"### {shift}", "", shift_table(rows, common, shift, strengths), ""]
+    external = external_table(rows, common)
+    if external:
+        parts += [
+            "## External test sets (`leuk.eval data.root=...`)",
+            "",
+            "Evaluations on another folder than the run's split: not the test split the table above "
+            "reports, and not selected on.",
+            "",
+            external,
+            "",
+        ]
+    return parts
 
 
 def render_markdown(
@@ -33,7 +90,8 @@ def render_markdown(
         "test split (`test`) and beside it on the validation split (`val`; n/a where the protocol has "
         "none): accuracy (micro), precision, recall (sensitivity), specificity and F1 (macro over "
         "classes), MCC, AUROC (macro one-vs-rest, from probabilities). `n_test`: test images per run "
-        "(mean); `time/run`: wall time of a whole run in seconds (setup, training and test).",
+        "(mean); `time/run`: wall time of a whole run in seconds (setup, training and test); "
+        "`train img/s`: training images per second over the run's training epochs.",
         "",
         f"`best by {select}`: among rows of one model, experiment, data and split, the row whose mean "
         f"{select} is {'lowest' if select.endswith('loss') else 'highest'} is marked: the setting "
@@ -49,11 +107,14 @@ def render_markdown(
         "column: how the paper averages over classes or computes its AUC, and whether the paper states "
         "it or its numbers imply it), on test and on validation, mean ± std over the row's runs; "
         "`paper runs`: how many runs the paper's value averages. n/a (not measured): leuk writes no "
-        "such key for these runs.",
+        "such key for these runs. `protocol`: paper's, or the budget the row ran under "
+        "(`budget=cpu`) with the values it set and, in brackets, the paper protocol's: the paper's "
+        "value is still its counterpart, at a smaller scale.",
         "",
         comparison_table(rows, common),
         "",
     ]
+    parts += _evaluation_sections(rows, common)
     if noise_sigmas(rows):
         parts += [
             "## Gaussian-noise robustness",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leuk.reference import Reference
-from leuk.reporting.runs import Run
+from leuk.reporting.runs import Run, budget_keys, experiment_value
 
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "mcc", "auroc")
 # The metrics of the noise-robustness tables.
@@ -62,6 +62,35 @@ class Row:
     # Whether validation (``select``) picks this row among the settings of its model and protocol
     # (``BEST_MARK``, with "(tie)" when other rows share the best value), else "".
     best_mark: str = ""
+
+    @property
+    def budget(self) -> str | None:
+        """The budget every run of the row ran under (``budget=cpu``), else None."""
+        members = self.runs or self.failed or self.unfinished
+        budgets = {run.budget for run in members}
+        return budgets.pop() if len(budgets) == 1 else None
+
+    @property
+    def scaled_keys(self) -> frozenset[str]:
+        """The keys the row's budget set: the paper's value is compared although they differ."""
+        return budget_keys(self.budget) if self.budget else frozenset()
+
+    @property
+    def unscaled(self) -> dict[str, Any]:
+        """Each scaled key with the value of the row's experiment without the budget (None: unknown)."""
+        return {
+            key: experiment_value(self.experiment, key) if self.experiment else None
+            for key in self.scaled_keys
+        }
+
+    def evaluation(self, key: str) -> Stat:
+        """A value of the runs' own-split ``leuk.eval`` records (``Run.evaluation``)."""
+        values = [run.evaluation.get(key) for run in self.runs]
+        return Stat([float(v) for v in values if v is not None])
+
+    @property
+    def evaluated(self) -> int:
+        return sum(1 for run in self.runs if run.evaluation)
 
     @property
     def best_by_val(self) -> bool:
@@ -124,8 +153,11 @@ def build_rows(runs: Sequence[Run], references: Sequence[Reference] = ()) -> lis
     for row in rows:
         # Every run must match (a value of fold 0 is not the counterpart of a mean over folds).
         members = row.runs or row.failed or row.unfinished
+        scaled = row.unscaled
         row.references = [
-            ref for ref in references if all(ref.applies(row.model, row.data, r.lookup) for r in members)
+            ref
+            for ref in references
+            if all(ref.applies(row.model, row.data, r.lookup, scaled) for r in members)
         ]
     return rows
 

@@ -9,11 +9,14 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from leuk.config.paths import config_dir
+from leuk.reporting.evaluations import own_split_evaluation, read_evaluations
 from leuk.utils.run_folder import LOCK_FILE
 from leuk.utils.task import FAILED_FILE
 
@@ -46,6 +49,10 @@ class Run:
     config: DictConfig | None = None
     choices: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
+    # The run's leuk.eval records (eval*.json beside metrics.json), and the flat values of the one
+    # on its own test split (``leuk.reporting.evaluations.flatten_evaluation``).
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    evaluation: dict[str, float] = field(default_factory=dict)
 
     def lookup(self, key: str) -> Any:
         """A config group's choice, a config value, or what metrics.json / failed.json recorded."""
@@ -63,6 +70,12 @@ class Run:
     @property
     def model(self) -> str:
         return str(self.lookup("model.name") or "?")
+
+    @property
+    def budget(self) -> str | None:
+        """The ``budget`` group's choice (``cpu``), or None for a paper's full protocol."""
+        choice = self.choices.get("budget")
+        return str(choice) if choice else None
 
     @property
     def data(self) -> str:
@@ -86,7 +99,7 @@ class Run:
         for override in self.overrides:
             key = override.split("=", 1)[0].lstrip("+~")
             if key not in REPEAT_KEYS and key not in SHOWN_KEYS:
-                kept.append(override)
+                kept.append(canonical_override(override))
         return tuple(sorted(kept))
 
     @property
@@ -100,6 +113,67 @@ class Run:
             int(size) if isinstance(size, (int, float)) else -1,
             self.setting,
         )
+
+
+# Hydra reads true/false/null in any case; a multirun job records them as Python prints them
+# (``model.pretrained=False``), a single run as typed (``model.pretrained=false``).
+_LITERALS = {"true": "true", "false": "false", "null": "null", "none": "null"}
+
+
+def canonical_override(override: str) -> str:
+    """``key=value`` with a boolean or null value in one spelling, so that a multirun job and a
+    single run with the same settings are one row."""
+    key, sep, value = override.partition("=")
+    return f"{key}{sep}{_LITERALS.get(value.lower(), value)}" if sep else override
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> set[str]:
+    if not isinstance(node, dict):
+        return {prefix} if prefix else set()
+    keys: set[str] = set()
+    for key, value in node.items():
+        keys |= _leaf_keys(value, f"{prefix}.{key}" if prefix else str(key))
+    return keys
+
+
+@cache
+def budget_keys(name: str) -> frozenset[str]:
+    """The config keys ``budget=<name>`` sets (``data.image_size``, ``trainer.max_epochs``), read
+    from ``conf/budget/<name>.yaml``; none for a budget leuk does not ship."""
+    path = config_dir() / "budget" / f"{name}.yaml"
+    if not path.is_file():
+        return frozenset()
+    return frozenset(_leaf_keys(OmegaConf.to_container(OmegaConf.load(path))))
+
+
+def _select(node: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def experiment_value(experiment: str, key: str) -> Any:
+    """The value ``conf/experiment/<experiment>.yaml`` gives ``key`` (through the experiments it
+    builds on, as ``aldl_paper_adam`` on ``aldl_paper``), None where it gives none: the protocol a
+    budget scaled down, for the comparison with the paper's."""
+    seen: set[str] = set()
+    pending = [experiment]
+    while pending:
+        name = pending.pop(0)
+        path = config_dir() / "experiment" / f"{name}.yaml"
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        value = _select(node, key)
+        if value is not None:
+            return value
+        for entry in node.get("defaults", []) if isinstance(node, dict) else []:
+            if isinstance(entry, str) and entry != "_self_" and not entry.startswith("/"):
+                pending.append(entry)
+    return None
 
 
 def _describe_split(node: DictConfig) -> str | None:
@@ -144,6 +218,8 @@ def load_run(run_dir: Path) -> Run:
             run.failure = _read_json(failed_path)
         elif not run.unfinished:
             run.metrics = _read_json(metrics_path)
+            run.evaluations = read_evaluations(run_dir)
+            run.evaluation = own_split_evaluation(run.evaluations)
     except (OSError, ValueError) as err:
         name = FAILED_FILE if failed else METRICS_FILE
         run.failed = True
