@@ -36,6 +36,7 @@ REAL_DATA = {
     ("experiment", "mseenet_paper"),
     ("experiment", "vgg16_paper"),
     ("experiment", "mobilenet_m_paper"),
+    ("experiment", "mobilenet_m_all"),
 }
 # Options that only configure a Hydra sweep: composing them is tested in test_configs.
 NOT_A_RUN = {"sweep"}
