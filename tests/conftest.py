@@ -94,7 +94,7 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> QuickstartRun:
     out = tmp_path_factory.mktemp("quickstart")
     cfg = compose_config(
         [
-            "data.source.images_per_class=60",
+            "data.source.images_per_class=40",
             "data.image_size=48",
             "data.batch_size=16",
             "data.num_workers=0",
@@ -107,3 +107,32 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> QuickstartRun:
     )
     metrics = train(cfg)
     return QuickstartRun(metrics, load_history(out / "csv" / "metrics.csv"))
+
+
+@dataclass(frozen=True)
+class JoblibSweep:
+    """A two-job Hydra multirun under the joblib launcher, with W&B offline: one job finishes, one
+    fails (a negative learning rate)."""
+
+    returncode: int
+    stderr: str
+    sweep: Path
+
+
+@pytest.fixture(scope="session")
+def joblib_sweep(tmp_path_factory: pytest.TempPathFactory) -> JoblibSweep:
+    """One subprocess sweep shared by the launcher, W&B and failed-job checks (tests/test_train.py,
+    tests/test_report.py): each job starts a Python process of its own, which costs more than the job."""
+    import subprocess
+
+    from tests.helpers import PYTHON, TINY, subprocess_env
+
+    cwd = tmp_path_factory.mktemp("joblib_sweep")
+    cmd = [PYTHON, "-m", "leuk.train", "-m", "optimizer.lr=0.001,-1.0", "seed=1",
+           "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "logger=wandb", "trainer.max_epochs=1",
+           *TINY, "plots=false", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+           "data.num_workers=1"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    sweeps = list((cwd / "multirun").iterdir()) if (cwd / "multirun").is_dir() else []
+    assert len(sweeps) == 1, proc.stderr[-3000:]
+    return JoblibSweep(proc.returncode, proc.stderr, sweeps[0])

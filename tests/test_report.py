@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from leuk.reference import COLUMNS, load_references
 from leuk.reporting import METRICS, write_report
 from leuk.train import train
 from leuk.utils.task import FAILED_FILE
-from tests.helpers import PYTHON, TINY, compose_config, subprocess_env
+from tests.helpers import TINY, compose_config
 
 # Two seeds of one protocol, then one run of another model: known values, checked by hand below.
 FAKE = {
@@ -248,37 +247,22 @@ def test_two_real_runs_and_a_failed_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sweep_with_a_failing_job(tmp_path: Path) -> None:
+def test_sweep_with_a_failing_job(joblib_sweep, tmp_path: Path) -> None:
     """Hydra runs every job of the batch: the failing one leaves failed.json with its overrides."""
-    cmd = [
-        PYTHON,
-        "-m",
-        "leuk.train",
-        "-m",
-        "optimizer.lr=0.001,-1.0",
-        "logger=none",
-        "trainer.fast_dev_run=true",
-        "plots=false",
-    ]
-    proc = subprocess.run(
-        [*cmd, *TINY], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode != 0, "a failed job must fail the sweep"
-    (sweep,) = (tmp_path / "multirun").iterdir()
+    sweep = joblib_sweep.sweep
+    assert joblib_sweep.returncode != 0, "a failed job must fail the sweep"
     assert (sweep / "0" / "metrics.json").is_file()
     failure = json.loads((sweep / "1" / FAILED_FILE).read_text())
     assert "optimizer.lr=-1.0" in failure["overrides"] and failure["task"] == "leuk.train.train"
 
-    report = subprocess.run(
-        [PYTHON, "-m", "leuk.report", str(sweep)], env=subprocess_env(), capture_output=True, text=True
-    )
-    assert report.returncode == 0, report.stderr
-    table = pd.read_csv(sweep / "report.csv")
+    out = tmp_path / "report"
+    write_report([sweep], out=out)
+    table = pd.read_csv(out / "report.csv")
     assert sorted(zip(table.setting, table.runs, table.failed, strict=True)) == [
         ("optimizer.lr=-1.0", 0, 1),
         ("optimizer.lr=0.001", 1, 0),
     ]
-    assert "Invalid learning rate" in (sweep / "report.md").read_text()
+    assert "Invalid learning rate" in (out / "report.md").read_text()
 
 
 def test_noise_robustness_table(tmp_path: Path) -> None:

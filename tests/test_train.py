@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,10 @@ from leuk.cli.train import train
 from leuk.data.synthetic import SyntheticSource
 from tests.helpers import (
     OFFLINE_FROM_SCRATCH,
-    PYTHON,
     TINY,
     TINY_LOADER,
     compose_config,
     data_dir,
-    subprocess_env,
 )
 from tests.test_configs import all_options
 
@@ -99,7 +96,7 @@ def test_quickstart_learns(quickstart_run) -> None:
     test_quickstart_generalizes (same run): the default MCB-HyperNet's eval-mode predictions stay
     near chance for the first epochs of this budget, while its training accuracy climbs."""
     metrics, history = quickstart_run.metrics, quickstart_run.history
-    assert metrics["n_test"] == 24
+    assert metrics["n_test"] == 16
     assert 0.0 <= metrics["test/accuracy"] <= 1.0
     assert metrics["train_images_per_s"] > 0
     assert Path(metrics["best_checkpoint"]).is_file()
@@ -108,6 +105,8 @@ def test_quickstart_learns(quickstart_run) -> None:
     first, last = train_epochs[0], train_epochs[-1]
     # Measured over epochs 2-5 of runs with seeds 0 and 42, 48 and 64 px, batches of 8 and 16 (2-core
     # CPU): training loss 0.76-1.19 and accuracy 0.53-0.69, against ln(4) = 1.386 and 0.25 at chance.
+    # With 40 images per class (this fixture, seeds 42 and 0): last-epoch loss 0.87 and 0.99 (first
+    # epoch 2.55 and 2.74), accuracy 0.72 and 0.65.
     assert last["train/loss"] < math.log(4) - 0.15, history
     assert last["train/loss"] < first["train/loss"] - 0.3, history
     assert last["train/accuracy"] >= 0.45, history
@@ -183,54 +182,19 @@ def test_wandb_run_finished_when_training_fails(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_multirun_two_jobs_with_wandb(tmp_path: Path) -> None:
-    """`-m seed=1,2` from another working directory: two job folders, two finished W&B runs."""
-    cmd = [PYTHON, "-m", "leuk.train", "-m", "seed=1,2", "logger=wandb", "trainer.max_epochs=1", *TINY,
-           "plots=false", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]  # fmt: skip
-    proc = subprocess.run(
-        cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sweeps = list((tmp_path / "multirun").iterdir())
-    assert len(sweeps) == 1
-    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and (p / "metrics.json").is_file())
-    assert [p.name for p in jobs] == ["0", "1"]
-    seeds = sorted(json.loads((p / "metrics.json").read_text())["seed"] for p in jobs)
-    assert seeds == [1, 2]
-    for job in jobs:
-        runs = list((job / "wandb").glob("offline-run-*"))
-        assert len(runs) == 1, job
-    # A W&B run left open would make the next job's run share it or hang: two distinct run ids.
-    ids = {next((j / "wandb").glob("offline-run-*")).name.rsplit("-", 1)[-1] for j in jobs}
-    assert len(ids) == 2
-
-
-@pytest.mark.slow
-def test_multirun_joblib_launcher_with_loader_workers(tmp_path: Path) -> None:
-    """Two jobs at once under joblib, each with a DataLoader worker (loky's default context cannot
-    start one, so the DataModule names the start method)."""
-    cmd = [
-        PYTHON,
-        "-m",
-        "leuk.train",
-        "-m",
-        "seed=1,2",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "logger=none",
-        "trainer.max_epochs=1",
-        *TINY,
-        "plots=false",
-        "trainer.limit_train_batches=1",
-        "trainer.limit_val_batches=1",
-        "data.num_workers=1",
-    ]
-    proc = subprocess.run(
-        cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = sorted((tmp_path / "multirun").glob("*/*/metrics.json"))
-    assert sorted(json.loads(p.read_text())["seed"] for p in jobs) == [1, 2]
+def test_multirun_jobs_under_joblib_each_with_a_wandb_run_and_a_loader_worker(joblib_sweep) -> None:
+    """`-m` from another working directory under joblib: two jobs at once, each with a DataLoader
+    worker (loky's default context cannot start one, so the DataModule names the start method) and
+    a W&B run of its own; the failing job does not stop the other."""
+    sweep = joblib_sweep.sweep
+    assert joblib_sweep.returncode != 0, "a failed job must fail the sweep"
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    finished = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert finished["seed"] == 1 and finished["n_test"] > 0
+    # A W&B run left open would make the next job's run share it or hang: one run per job, two ids.
+    runs = [list((sweep / job / "wandb").glob("offline-run-*")) for job in ("0", "1")]
+    assert [len(r) for r in runs] == [1, 1], runs
+    assert len({r[0].name.rsplit("-", 1)[-1] for r in runs}) == 2
 
 
 def test_noise_sigmas_after_the_test(tmp_path: Path) -> None:
