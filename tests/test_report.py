@@ -299,6 +299,8 @@ def test_export_keeps_the_record_without_checkpoints_or_absolute_paths(tmp_path:
         metrics = json.loads((run / "metrics.json").read_text())
         metrics["best_checkpoint"] = str(run.resolve() / "checkpoints" / "last.ckpt")
         (run / "metrics.json").write_text(json.dumps(metrics))
+        evaluation = {"external": False, "data": f"test split of {run.resolve() / 'split.csv'}"}
+        (run / "eval.json").write_text(json.dumps(evaluation))
         images = [data_root / "Original" / "Benign" / "a.jpg", data_root / "Original" / "Pro" / "b.jpg"]
         pd.DataFrame({"path": [str(p) for p in images], "label": [0, 3], "split": ["train", "test"]}).to_csv(
             run / "split.csv", index=False
@@ -315,6 +317,8 @@ def test_export_keeps_the_record_without_checkpoints_or_absolute_paths(tmp_path:
             == "checkpoints/last.ckpt"
         )
         assert (out / name / ".hydra" / "config.yaml").is_file()
+        # A description naming a file of the run keeps the file, not the machine's folder.
+        assert json.loads((out / name / "eval.json").read_text())["data"] == "test split of split.csv"
     assert not list(out.rglob("*.ckpt"))
     assert json.loads((out / "d" / FAILED_FILE).read_text())["status"] == "failed"
     pd.testing.assert_frame_equal(pd.read_csv(out / "report.csv"), pd.read_csv(write_report([sweep])[1]))

@@ -35,6 +35,9 @@ def _relative_values(value: Any, run_dir: str) -> Any:
         return [_relative_values(v, run_dir) for v in value]
     if isinstance(value, str) and (value == run_dir or value.startswith(run_dir + "/")):
         return value[len(run_dir) + 1 :] or "."
+    if isinstance(value, str) and run_dir + "/" in value:
+        # A description naming a file of the run ("test split of <run>/split.csv").
+        return value.replace(run_dir + "/", "")
     return value
 
 
