@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
@@ -94,3 +95,12 @@ def fit_two_short_epochs(module: Any, datamodule: Any, *callbacks: Any) -> None:
         callbacks=list(callbacks),
     )
     trainer.fit(module, datamodule=datamodule)
+
+
+def smear(size: int = 64) -> np.ndarray:
+    """A purple cell (radius 12) on a light pink background: what the cell mask finds, and keeps."""
+    yy, xx = np.mgrid[:size, :size]
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = (235, 215, 225)
+    image[(yy - size // 2) ** 2 + (xx - size // 2) ** 2 <= 12**2] = (120, 40, 160)
+    return image

@@ -9,16 +9,7 @@ import pytest
 from leuk.composition import build_datamodule
 from leuk.data.transforms import AugmentationConfigError, build_augmentation, seed_augmentation
 from leuk.preprocess.background import BackgroundRandomization, cell_mask
-from tests.helpers import compose_config
-
-
-def _smear(size: int = 64) -> np.ndarray:
-    """A purple cell (radius 12) on a light pink background."""
-    yy, xx = np.mgrid[:size, :size]
-    image = np.empty((size, size, 3), np.uint8)
-    image[:] = (235, 215, 225)
-    image[(yy - size // 2) ** 2 + (xx - size // 2) ** 2 <= 12**2] = (120, 40, 160)
-    return image
+from tests.helpers import compose_config, smear
 
 
 def _regions(size: int = 64, dilation: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -29,7 +20,7 @@ def _regions(size: int = 64, dilation: int = 4) -> tuple[np.ndarray, np.ndarray]
 
 @pytest.mark.parametrize("fill", ["black", "color", "noise"])
 def test_each_fill_keeps_the_cell_and_replaces_the_background(fill: str) -> None:
-    image = _smear()
+    image = smear()
     cell, background = _regions()
     out = BackgroundRandomization(fill=fill, dilation=4, p=1.0)(image=image)["image"]
     assert (out[cell] == image[cell]).all()
@@ -44,7 +35,7 @@ def test_each_fill_keeps_the_cell_and_replaces_the_background(fill: str) -> None
 
 
 def test_random_fill_is_seeded_and_draws_every_kind() -> None:
-    image = _smear()
+    image = smear()
     pipeline = build_augmentation(
         [], background={"_target_": "leuk.preprocess.background.BackgroundRandomization", "p": 1.0}
     )
@@ -66,7 +57,7 @@ def test_image_without_a_cell_and_p_zero_are_left_alone() -> None:
     blank = np.full((32, 32, 3), 240, np.uint8)
     assert not cell_mask(blank, 4).any()
     assert np.array_equal(BackgroundRandomization(fill="black", p=1.0)(image=blank)["image"], blank)
-    image = _smear()
+    image = smear()
     assert np.array_equal(BackgroundRandomization(fill="black", p=0.0)(image=image)["image"], image)
 
 

@@ -14,6 +14,7 @@ from leuk.calibration import (
     reliability_bins,
 )
 from leuk.shifts import SHIFTS, chosen_shifts, shifted
+from tests.helpers import smear
 
 BOUNDS = (0.05, 20.0)
 
@@ -55,17 +56,8 @@ def test_temperature_scaling_lowers_the_ece_of_an_over_confident_predictor() -> 
     assert (scaled.argmax(axis=1) == test_probs.argmax(axis=1)).all()
 
 
-def _smear(size: int = 64) -> np.ndarray:
-    """A purple cell (radius 12) on a light pink background."""
-    yy, xx = np.mgrid[:size, :size]
-    image = np.empty((size, size, 3), np.uint8)
-    image[:] = (235, 215, 225)
-    image[(yy - size // 2) ** 2 + (xx - size // 2) ** 2 <= 12**2] = (120, 40, 160)
-    return image
-
-
 def test_brightness_multiplies_every_pixel() -> None:
-    image = _smear()
+    image = smear()
     out, _ = shifted(image[None], "brightness", 0.8, seed=0)
     assert np.abs(out[0].astype(float) - image * 0.8).max() <= 0.5
 
@@ -88,7 +80,7 @@ def test_jpeg_error_grows_as_quality_drops() -> None:
 
 
 def test_scale_magnifies_about_the_centre() -> None:
-    image = _smear(65)
+    image = smear(65)
     for s in (0.8, 1.25):
         out, _ = shifted(image[None], "scale", s, seed=0)
         dark = out[0, 32, :, 1] < 128  # the purple cell's row through the centre
@@ -97,7 +89,7 @@ def test_scale_magnifies_about_the_centre() -> None:
 
 
 def test_hed_jitter_scales_the_stain_densities_within_the_strength() -> None:
-    image = _smear()
+    image = smear()
     same, _ = shifted(image[None], "hed", 0.0, seed=0)
     assert np.abs(same[0].astype(int) - image).max() <= 1
     out, _ = shifted(image[None], "hed", 0.1, seed=3)
@@ -109,7 +101,7 @@ def test_hed_jitter_scales_the_stain_densities_within_the_strength() -> None:
 
 
 def test_background_removal_keeps_the_cell_on_black() -> None:
-    image = _smear()
+    image = smear()
     out, unchanged = shifted(image[None], "background", 4, seed=0)
     assert unchanged == 0
     yy, xx = np.mgrid[:64, :64]

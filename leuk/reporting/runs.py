@@ -154,6 +154,7 @@ def _select(node: Any, key: str) -> Any:
     return node
 
 
+@cache
 def experiment_value(experiment: str, key: str) -> Any:
     """The value ``conf/experiment/<experiment>.yaml`` gives ``key`` (through the experiments it
     builds on, as ``aldl_paper_adam`` on ``aldl_paper``), None where it gives none: the protocol a
