@@ -10,6 +10,10 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/leuk-tests-inductor")
+# Under pytest-xdist each worker gets one core's share: two workers of two intra-op threads each
+# on 2 cores would spin against each other. Subprocesses (DDP ranks, sweeps) inherit the limit.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import tempfile
 from dataclasses import dataclass
