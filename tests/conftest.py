@@ -15,6 +15,8 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/leuk-tests-inductor")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
+import atexit
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 _SESSION_CACHE = tempfile.mkdtemp(prefix="leuk-tests-cache-")
+# Every pytest process (each xdist worker too) makes its own cache; a finished run leaves none.
+atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 os.environ["LEUK_CACHE_DIR"] = _SESSION_CACHE
 # W&B stages artifact files and caches downloads under the user's folders otherwise.
 os.environ.setdefault("WANDB_DATA_DIR", os.path.join(_SESSION_CACHE, "wandb-data"))
