@@ -54,7 +54,10 @@ def build_datamodule(cfg: DictConfig, **overrides: Any) -> Any:
         cfg.data,
         seed=cfg.seed,
         train_transform=build_augmentation(
-            cfg.augmentation.get("transforms"), seed=cfg.seed, background=cfg.augmentation.get("background")
+            cfg.augmentation.get("transforms"),
+            seed=cfg.seed,
+            background=cfg.augmentation.get("background"),
+            stain=cfg.augmentation.get("stain"),
         ),
         preprocess=build_preprocess(cfg.preprocess.get("steps")),
         **overrides,

@@ -6,7 +6,7 @@ input size (after the run's preprocessing), so a strength means the same for eve
 
 - ``hed``: stain variation (Tellez et al., 2018): the image's haematoxylin, eosin and DAB optical
   densities each scaled by a factor drawn from U(1 − s, 1 + s) and shifted by one from U(−s, s),
-  per image.
+  per image (``leuk.preprocess.stain``; the ``stain=hed`` training augmentation is the same).
 - ``blur``: Gaussian blur of standard deviation s pixels (defocus).
 - ``jpeg``: JPEG compression at quality s (100 = almost lossless).
 - ``brightness``: every pixel multiplied by s, clipped to 0-255 (illumination).
@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 import cv2
 import numpy as np
 from PIL import Image
-from skimage.color import hed2rgb, rgb2hed
 
 from leuk.preprocess.background import cell_mask, fill_background
+from leuk.preprocess.stain import hed_jitter
 from leuk.utils.errors import UserConfigError
 
 Shift = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
@@ -40,13 +40,6 @@ class ShiftConfigError(UserConfigError, ValueError):
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
-
-
-def hed_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    hed = rgb2hed(image)
-    alpha = rng.uniform(1.0 - strength, 1.0 + strength, size=3)
-    beta = rng.uniform(-strength, strength, size=3)
-    return _to_uint8(hed2rgb(hed * alpha + beta) * 255.0)
 
 
 def gaussian_blur(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:

@@ -34,6 +34,8 @@ def test_every_group_has_options() -> None:
         "data",
         "model",
         "augmentation",
+        "background",
+        "stain",
         "preprocess",
         "loss",
         "optimizer",

@@ -96,6 +96,8 @@ class AugmentationConfig:
     transforms: list[Any] = field(default_factory=list, metadata={"nested": True})
     # The background group: a transform run first that replaces the cell's background (or null).
     background: Any = field(default=None, metadata={"nested": True})
+    # The stain group: a stain-colour jitter run next (or null).
+    stain: Any = field(default=None, metadata={"nested": True})
 
 
 @dataclass

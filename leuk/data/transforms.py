@@ -40,13 +40,14 @@ def seed_augmentation(pipeline: Any, seed: int | None) -> None:
 
 
 def build_augmentation(
-    transforms: Sequence[Any] | None, seed: int | None = None, background: Any = None
+    transforms: Sequence[Any] | None, seed: int | None = None, background: Any = None, stain: Any = None
 ) -> A.Compose | None:
     """An ``A.Compose`` of the configured transforms, or ``None`` for an empty list.
 
     ``background`` (``augmentation.background``, the ``background`` config group): a transform
     that replaces the background around the cell, run first, before any geometric or colour change
-    of the image the cell mask is found on.
+    of the image the cell mask is found on. ``stain`` (``augmentation.stain``, the ``stain`` group):
+    a stain-colour jitter, run next, after the cell mask has been found on the original colours.
 
     albumentations only warns about an argument it does not know (and then uses its default), so
     its warnings are errors here: a misspelt or removed argument stops the run at start.
@@ -55,9 +56,9 @@ def build_augmentation(
     pipeline directly (``leuk.preview``) repeat with it. Training does not depend on it, as the
     training dataset reseeds the pipeline for every sample from the run seed, epoch and position.
     """
-    specs = [(f"augmentation.transforms[{i}]", spec) for i, spec in enumerate(transforms or [])]
-    if background is not None:
-        specs.insert(0, ("augmentation.background", background))
+    leading = [("augmentation.background", background), ("augmentation.stain", stain)]
+    specs = [(key, spec) for key, spec in leading if spec is not None]
+    specs += [(f"augmentation.transforms[{i}]", spec) for i, spec in enumerate(transforms or [])]
     if not specs:
         return None
     built = []
