@@ -211,3 +211,13 @@ def confusion_matrix(
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (np.asarray(targets, dtype=np.int64), preds), 1)
     return matrix.tolist()
+
+
+def mean_per_image(probs: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-lesion predictions (ALDL) as one prediction per image: the images present in ``owner``
+    (each patch's image index), ascending, and each one's mean of its patches' probabilities."""
+    ids, inverse = np.unique(np.asarray(owner), return_inverse=True)
+    means = np.zeros((len(ids), probs.shape[1]), np.float64)
+    np.add.at(means, inverse, probs)
+    means /= np.bincount(inverse)[:, None]
+    return ids, means

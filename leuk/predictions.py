@@ -24,6 +24,7 @@ from leuk.abstention import uncertain_mask
 from leuk.data.decode import open_rgb
 from leuk.data.prediction import PredictionDataModule
 from leuk.data.sources import DataError
+from leuk.metrics import mean_per_image
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +142,27 @@ def prediction_trainer(device: torch.device, progress_bar: bool = False) -> L.Tr
 
 
 def predict_probs(
-    trainer: L.Trainer, module: L.LightningModule, datamodule: PredictionDataModule
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: PredictionDataModule,
+    per_sample: bool = False,
 ) -> np.ndarray:
-    """Softmax probabilities (N×C) of ``module.predict_step`` on every readable image, in order."""
+    """Softmax probabilities (N×C) of ``module.predict_step`` on every readable image, in order.
+
+    With per-lesion patches (``datamodule.owner``) an image's row is the mean of its patches'
+    rows, the image-level rule of training's ``test_image/*``; ``per_sample``: one row per patch.
+    """
     datamodule.setup()
     if not len(datamodule.images):
         return np.zeros((0, 0), np.float32)
     parts = trainer.predict(module, datamodule=datamodule)
-    return torch.cat([p.float().cpu() for p in parts]).numpy()  # type: ignore[union-attr]
+    probs = torch.cat([p.float().cpu() for p in parts]).numpy()  # type: ignore[union-attr]
+    if datamodule.owner is None or per_sample:
+        return probs
+    ids, means = mean_per_image(probs, datamodule.owner)
+    if len(ids) != len(datamodule.labels):
+        raise ValueError(f"{len(ids)} of {len(datamodule.labels)} images have a patch to predict")
+    return means.astype(probs.dtype)
 
 
 class PenultimateFeatures(L.LightningModule):

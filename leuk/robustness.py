@@ -76,7 +76,9 @@ def shift_rows(
 ) -> list[dict[str, Any]]:
     """One row per (shift, strength) of ``leuk.shifts``: the aggregate metrics on the shifted
     images, and how many predictions are wrong yet confident (top probability ≥ ``confident``):
-    abstention helps under shift only if confidence drops as the input changes."""
+    abstention helps under shift only if confidence drops as the input changes. With per-lesion
+    patches the shift acts on each patch, an image is scored by its patches' mean, and
+    ``n_unchanged`` counts patches."""
     from leuk.shifts import shifted
 
     clean.setup()
@@ -88,7 +90,12 @@ def shift_rows(
         for strength in strengths:
             images, unchanged = shifted(clean.images, name, float(strength), seed)
             data = PredictionDataModule(
-                clean.paths, clean.image_size, labels=labels, batch_size=clean.batch_size, images=images
+                clean.paths,
+                clean.image_size,
+                labels=labels,
+                batch_size=clean.batch_size,
+                images=images,
+                owner=clean.owner,
             )
             probs = predict_probs(trainer, module, data)
             values = compute_metrics(probs, labels, list(class_names), prefix=prefix)

@@ -10,7 +10,7 @@ import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 
 from leuk.callbacks.last_checkpoint import LastEpochCheckpoint
-from leuk.metrics import compute_metrics, is_confusion_key
+from leuk.metrics import compute_metrics, is_confusion_key, mean_per_image
 from leuk.robustness import flatten, noise_rows
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,7 @@ def image_metrics_on_test(outputs: dict[str, np.ndarray] | None, datamodule: Any
     test_set = datamodule.dataset("test")
     if len(outputs["targets"]) != len(test_set):
         return {}
-    images = owner[np.asarray(test_set.indices)[outputs["indices"]]]
-    ids, inverse = np.unique(images, return_inverse=True)
-    probs = np.zeros((len(ids), outputs["probs"].shape[1]), np.float64)
-    np.add.at(probs, inverse, outputs["probs"])
-    probs /= np.bincount(inverse)[:, None]
+    ids, probs = mean_per_image(outputs["probs"], owner[np.asarray(test_set.indices)[outputs["indices"]]])
     return compute_metrics(probs, datamodule.labels[ids], datamodule.class_names, prefix="test_image/")
 
 

@@ -3,6 +3,7 @@ network trained and tested on patches, the split made on images before they are 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from leuk.cli.eval import evaluate
 from leuk.composition import build_datamodule
 from leuk.data.decode import decode_file
 from leuk.preprocess.base import PreprocessConfigError
@@ -183,6 +185,47 @@ def test_paper_experiment_runs_on_patches(smears: Path, tmp_path: Path) -> None:
     assert metrics["n_test"] == int(test["n_patches"].sum()) > len(test)
     assert metrics["n_patches"]["test"] == metrics["n_test"]
     assert 0.0 <= metrics["test_image/accuracy"] <= 1.0
+
+
+def test_eval_scores_images_as_the_training_run_does(smears: Path, tmp_path: Path) -> None:
+    """leuk.eval on an ALDL run: every lesion patch of a test image is predicted, the image's
+    prediction is the mean of its patches' probabilities, so the evaluation reproduces the
+    training run's per-image (test_image/*) and per-patch (test/*) figures."""
+    run = tmp_path / "run"
+    train(
+        compose_config(
+            _overrides(
+                smears,
+                "trainer.max_epochs=1",
+                "logger=none",
+                "trainer.enable_progress_bar=false",
+                "model.pretrained=false",
+                "model.allow_random_frozen=true",
+            ),
+            output_dir=run,
+        )
+    )
+    trained = json.loads((run / "metrics.json").read_text())
+    overrides = [
+        f"ckpt_path={trained['best_checkpoint']}",
+        "noise_sigmas=[0]",
+        "latency=false",
+        "shifts=[blur]",
+        "shift_strengths.blur=[1.0]",
+    ]
+    out = tmp_path / "eval"
+    result = evaluate(compose_config(overrides, output_dir=out, config_name="eval"))
+    assert result["n_images"] == trained["n_test_images"]
+    assert result["n_patches"] == trained["n_test"] > trained["n_test_images"]
+    for key, value in trained.items():
+        if key.startswith("test_image/") and key.count("/") == 1:
+            image_key = "test/" + key.split("/", 1)[1]
+            assert result["metrics"][image_key] == pytest.approx(value, abs=1e-5), key
+    for key in ("accuracy", "f1", "mcc", "auroc"):
+        assert result["metrics"][f"test_patch/{key}"] == pytest.approx(trained[f"test/{key}"], abs=1e-5)
+    assert result["noise"][0]["test/accuracy"] == pytest.approx(trained["test_image/accuracy"], abs=1e-6)
+    assert len(pd.read_csv(out / "predictions.csv")) == trained["n_test_images"]
+    assert 0 <= result["shift"][0]["n_wrong"] <= trained["n_test_images"]
 
 
 def test_image_metrics_average_each_images_patches() -> None:

@@ -38,7 +38,7 @@ from leuk.data.decode import BadImagesError
 from leuk.data.prediction import PredictionDataModule
 from leuk.data.sources import DataError
 from leuk.latency import measure_inference
-from leuk.metrics import DEFINITIONS, compute_metrics, confusion_matrix
+from leuk.metrics import DEFINITIONS, compute_metrics, confusion_matrix, mean_per_image
 from leuk.plots import (
     confusion_matrix_plot,
     coverage_plot,
@@ -257,11 +257,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     prefix = "test/" if data is not None else f"{cfg.split}/"
     preprocess = preprocess_for_run(run_dir, split, trained.preprocess_steps)
     test = _decoded(eval_set, trained, preprocess, cfg.batch_size)
-    log.info("evaluating %d images of the %s on %s", len(test.images), eval_set.description, device)
+    log.info("evaluating %d images of the %s on %s", len(test.labels), eval_set.description, device)
 
     trainer = prediction_trainer(device)
-    probs = predict_probs(trainer, trained.module, test)
+    sample_probs = predict_probs(trainer, trained.module, test, per_sample=True)
+    # Per-lesion patches (ALDL): an image is scored as the mean of its patches, as training's
+    # test_image/* is; the patch-level figures (training's test/*) are kept under <split>_patch/.
+    probs = sample_probs if test.owner is None else mean_per_image(sample_probs, test.owner)[1]
     targets = test.labels
+    pictures = test.pictures
     matrix = confusion_matrix(probs, targets, len(class_names))
     result: dict[str, Any] = {
         "checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()),
@@ -273,6 +277,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         # Another folder than the run's own split: an external test set, labelled so in the report.
         "external": data is not None,
         "n_images": len(targets),
+        **({} if test.owner is None else {"n_patches": len(test.owner)}),
         "preprocess": describe_preprocess(preprocess),
         "device": device_name(device),
         "metrics": {
@@ -280,6 +285,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"{prefix}confusion_matrix": matrix,
         },
     }
+    if test.owner is not None:
+        result["metrics"].update(
+            compute_metrics(sample_probs, test.sample_labels, class_names, prefix=prefix[:-1] + "_patch/")
+        )
     predictions_table(test.paths, probs, class_names, cfg.abstain_threshold, targets).to_csv(
         out_dir / "predictions.csv", index=False
     )
@@ -303,7 +312,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             probs,
             targets,
             np.arange(len(targets)),
-            lambda i: test.images[i],
+            lambda i: pictures[i],
             class_names,
             plots_dir / "misclassified.png",
             cfg.misclassified_max,
@@ -335,7 +344,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
         result["gradcam"] = gradcam_grid(
             trained.net.to(device),
-            test.images,
+            pictures,
             targets,
             probs,
             class_names,
@@ -365,7 +374,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             probs,
             targets,
             test.paths,
-            lambda i: test.images[i],
+            lambda i: pictures[i],
             cfg.misclassified_max,
             out_dir,
         )

@@ -5,6 +5,11 @@ with the run's preprocessing, before the resize), keeps the readable ones and li
 (``bad``: never lost silently), and serves ``(uint8 CHW, label)`` batches in file order. With
 ``noise_sigma``, batches are noisy copies (``add_noise``): the noise-robustness table goes through
 the same ``trainer.predict`` as the clean predictions.
+
+With a per-lesion preprocessing (ALDL, ``per_lesion: true``) each image is served as all of its
+lesion patches, decoded as training decodes its test split (``decode_patches``), and ``owner``
+maps each patch to its image: ``leuk.predictions.predict_probs`` then scores an image as the mean
+of its patches' probabilities, as training's ``test_image/*`` metrics do.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from leuk.data.decode import decode_all
+from leuk.data.decode import decode_all, decode_patches
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
 
@@ -61,8 +66,10 @@ class PredictionDataModule(L.LightningDataModule):
     """``paths`` (with ``labels`` where known, -1 otherwise) decoded at ``image_size`` through
     ``preprocess``; or, with ``images``, pixels decoded already (HWC uint8, e.g. a ``noisy`` copy).
 
-    After ``setup()``: ``images`` and ``labels`` of the readable files, ``paths`` of those,
-    ``positions`` (their indices in the paths given) and ``bad`` ((path, reason) of the others).
+    After ``setup()``: ``images`` (the samples served) and ``labels`` of the readable files,
+    ``paths`` of those, ``positions`` (their indices in the paths given) and ``bad`` ((path, reason)
+    of the others). ``owner``: None where each image is one sample; with per-lesion patches (or
+    given ``images`` that are patches) each sample's index into ``paths``, non-decreasing.
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class PredictionDataModule(L.LightningDataModule):
         noise_sigma: float | None = None,
         noise_seed: int = 0,
         images: np.ndarray | None = None,
+        owner: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -92,6 +100,8 @@ class PredictionDataModule(L.LightningDataModule):
         self.noise_sigma = noise_sigma
         self.noise_seed = noise_seed
         self._given = images
+        self._given_owner = owner
+        self.owner: np.ndarray | None = None
         self.images: np.ndarray = np.zeros((0, image_size, image_size, 3), np.uint8)
         self.labels: np.ndarray = np.zeros(0, np.int64)
         self.paths: list[str] = []
@@ -104,6 +114,9 @@ class PredictionDataModule(L.LightningDataModule):
             return
         if self._given is not None:
             self.images, self.positions = self._given, list(range(len(self.all_paths)))
+            self.owner = self._given_owner
+        elif self.all_paths and getattr(self.preprocess, "per_lesion", False):
+            self._decode_patches()
         elif self.all_paths:
             decoded = decode_all(self.all_paths, self.image_size, mode="memory", transform=self.preprocess)
             assert decoded.images is not None
@@ -114,6 +127,35 @@ class PredictionDataModule(L.LightningDataModule):
         self.paths = [self.all_paths[i] for i in self.positions]
         self.labels = self.all_labels[self.positions]
         self._ready = True
+
+    def _decode_patches(self) -> None:
+        # A first pass without pixels finds the unreadable files (listed, not raised) and hashes.
+        checked = decode_all(self.all_paths, self.image_size, mode="none")
+        unreadable = {path for path, _ in checked.bad}
+        self.bad = checked.bad
+        self.positions = [i for i, p in enumerate(self.all_paths) if p not in unreadable]
+        if not self.positions:
+            return
+        patches = decode_patches(
+            [self.all_paths[i] for i in self.positions],
+            self.image_size,
+            self.preprocess,
+            sha256=[checked.sha256[i] for i in self.positions],
+        )
+        self.images, self.owner = np.asarray(patches.images), patches.owner
+
+    @property
+    def sample_labels(self) -> np.ndarray:
+        """The label of each sample served: its image's."""
+        return self.labels if self.owner is None else self.labels[self.owner]
+
+    @property
+    def pictures(self) -> np.ndarray:
+        """One picture (HWC uint8) per image, for figures: the image, or its first patch (its
+        largest lesion, as training's preview shows it)."""
+        if self.owner is None:
+            return self.images
+        return self.images[np.searchsorted(self.owner, np.arange(len(self.labels)))]
 
     def noisy(self, sigma: float, seed: int) -> PredictionDataModule:
         """The same (set-up) images, served with Gaussian noise of ``sigma`` drawn from ``seed``."""
@@ -126,6 +168,7 @@ class PredictionDataModule(L.LightningDataModule):
             noise_sigma=sigma,
             noise_seed=seed,
             images=self.images,
+            owner=self.owner,
         )
 
     def predict_dataloader(self) -> DataLoader:
@@ -133,7 +176,7 @@ class PredictionDataModule(L.LightningDataModule):
         # In this process, in order: the noise generator starts afresh for every predict call.
         collate: Any = None if self.noise_sigma is None else _NoisyCollate(self.noise_sigma, self.noise_seed)
         return DataLoader(
-            _Images(self.images, self.labels),
+            _Images(self.images, self.sample_labels),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=0,
