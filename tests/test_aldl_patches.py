@@ -15,6 +15,7 @@ from PIL import Image
 from leuk.cli.eval import evaluate
 from leuk.composition import build_datamodule
 from leuk.data.decode import decode_file
+from leuk.data.prediction import PredictionDataModule
 from leuk.preprocess.base import PreprocessConfigError
 from leuk.preprocess.lesion import LesionCrop
 from leuk.run_summary import image_metrics_on_test
@@ -226,6 +227,39 @@ def test_eval_scores_images_as_the_training_run_does(smears: Path, tmp_path: Pat
     assert result["noise"][0]["test/accuracy"] == pytest.approx(trained["test_image/accuracy"], abs=1e-6)
     assert len(pd.read_csv(out / "predictions.csv")) == trained["n_test_images"]
     assert 0 <= result["shift"][0]["n_wrong"] <= trained["n_test_images"]
+
+
+class _TwoPatches:
+    """A per-lesion preprocessing that gives two patches (the image and its mirror), and fails
+    on an image whose top-left pixel is pure red."""
+
+    per_lesion = True
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.patches(image)[0]
+
+    def patches(self, image: np.ndarray) -> list[np.ndarray]:
+        if tuple(image[0, 0]) == (255, 0, 0):
+            raise ValueError("no stain found")
+        return [image, np.ascontiguousarray(image[:, ::-1])]
+
+
+def test_prediction_data_lists_images_whose_patches_fail(tmp_path: Path) -> None:
+    paths = []
+    for i, colour in enumerate([(10, 20, 30), (255, 0, 0), (40, 50, 60)]):
+        image = np.full((12, 12, 3), 90, np.uint8)
+        image[0, 0] = colour
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    paths.append(str(tmp_path / "broken.png"))
+    data = PredictionDataModule(paths, 8, labels=[0, 1, 0, 1], preprocess=_TwoPatches())
+    data.setup()
+    assert [p for p, _ in data.bad] == [paths[1], paths[3]]
+    assert "no stain found" in dict(data.bad)[paths[1]]
+    assert data.paths == [paths[0], paths[2]] and data.labels.tolist() == [0, 0]
+    assert data.owner.tolist() == [0, 0, 1, 1] and len(data.images) == 4
+    assert data.pictures.shape == (2, 8, 8, 3)
 
 
 def test_image_metrics_average_each_images_patches() -> None:

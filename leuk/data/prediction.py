@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from leuk.data.decode import decode_all, decode_patches
+from leuk.data.decode import BadImagesError, decode_all, decode_patches
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
 
@@ -131,18 +131,26 @@ class PredictionDataModule(L.LightningDataModule):
     def _decode_patches(self) -> None:
         # A first pass without pixels finds the unreadable files (listed, not raised) and hashes.
         checked = decode_all(self.all_paths, self.image_size, mode="none")
-        unreadable = {path for path, _ in checked.bad}
-        self.bad = checked.bad
-        self.positions = [i for i, p in enumerate(self.all_paths) if p not in unreadable]
-        if not self.positions:
+        self.bad = list(checked.bad)
+        while True:
+            unreadable = {path for path, _ in self.bad}
+            self.positions = [i for i, p in enumerate(self.all_paths) if p not in unreadable]
+            if not self.positions:
+                return
+            try:
+                patches = decode_patches(
+                    [self.all_paths[i] for i in self.positions],
+                    self.image_size,
+                    self.preprocess,
+                    sha256=[checked.sha256[i] for i in self.positions],
+                )
+            except BadImagesError as exc:
+                # Readable files whose preprocessing failed: listed like unreadable ones, the
+                # rest decoded again.
+                self.bad = sorted(self.bad + exc.bad)
+                continue
+            self.images, self.owner = np.asarray(patches.images), patches.owner
             return
-        patches = decode_patches(
-            [self.all_paths[i] for i in self.positions],
-            self.image_size,
-            self.preprocess,
-            sha256=[checked.sha256[i] for i in self.positions],
-        )
-        self.images, self.owner = np.asarray(patches.images), patches.owner
 
     @property
     def sample_labels(self) -> np.ndarray:
