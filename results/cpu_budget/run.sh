@@ -8,10 +8,10 @@
 #
 # Rows: mseenet mobilenet_m resnet18 aldl vgg16 mcb (the paper models and the baseline), mseenet_bg
 # (background=randomize; mseenet_bg25 at p=0.25), mseenet_e9 / mseenet_bg_e9 (9 epochs, without and
-# with it), mseenet_stain (stain=hed), mseenet_cl / mseenet_compile (CPU speed options), mseenet_leaky and
-# mobilenet_m_leaky (data.group_duplicates=false: the papers' naive split). A finished run (its
-# metrics.json) is skipped, so the command can be given again after an interruption. Touch
-# $OUT/PAUSE to hold the queue between runs.
+# with it), mseenet_stain (stain=hed; mseenet_stain_e9 at 9 epochs), mseenet_cl / mseenet_compile
+# (CPU speed options), mseenet_leaky and mobilenet_m_leaky (data.group_duplicates=false: the
+# papers' naive split). A finished run (its metrics.json) is skipped, so the command can be given
+# again after an interruption. Touch $OUT/PAUSE to hold the queue between runs.
 set -u
 DATA=${DATA:?set DATA to the ALL data set folder (holding Original/)}
 OUT=${OUT:-runs/cpu_budget}
@@ -53,6 +53,7 @@ for item in "$@"; do
     mseenet_e9) run mseenet_paper_e9 "$seed" experiment=mseenet_paper model.freeze_backbone_epochs=0 trainer.max_epochs=9 ;;
     mseenet_bg_e9) run mseenet_paper_bg_e9 "$seed" experiment=mseenet_paper model.freeze_backbone_epochs=0 background=randomize trainer.max_epochs=9 ;;
     mseenet_stain) run mseenet_paper_stain "$seed" experiment=mseenet_paper model.freeze_backbone_epochs=0 stain=hed ;;
+    mseenet_stain_e9) run mseenet_paper_stain_e9 "$seed" experiment=mseenet_paper model.freeze_backbone_epochs=0 stain=hed trainer.max_epochs=9 ;;
     mseenet_cl) run mseenet_paper_channels_last "$seed" experiment=mseenet_paper model.freeze_backbone_epochs=0 model.channels_last=true ;;
     mseenet_compile) run mseenet_paper_compile "$seed" experiment=mseenet_paper model.freeze_backbone_epochs=0 model.compile=true ;;
     mseenet_leaky) run mseenet_paper_leaky "$seed" experiment=mseenet_paper model.freeze_backbone_epochs=0 data.group_duplicates=false ;;
