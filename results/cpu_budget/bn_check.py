@@ -4,6 +4,8 @@ BatchNorm layer's statistics recomputed for the final weights: a cumulative aver
 ``n_images`` training images of the run's split (their patches shuffled into batches, no
 augmentation), the weights untouched. A large gain says the running statistics did not follow
 the weights (they average the last ~10 steps at momentum 0.1), not that the model did not learn.
+The training images are scored too: as saved, and after the recomputation (on the very patches
+the statistics came from).
 
     python results/cpu_budget/bn_check.py <run>/checkpoints/<tested>.ckpt [n_images=500]
 """
@@ -16,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from leuk.checkpoints import load_trained
 from leuk.data.prediction import PredictionDataModule
-from leuk.metrics import compute_metrics
+from leuk.metrics import compute_metrics, mean_per_image
 from leuk.predictions import load_split, predict_probs, prediction_trainer, preprocess_for_run, run_dir_of
 
 ckpt = sys.argv[1]
@@ -38,11 +40,15 @@ def decoded(rows) -> PredictionDataModule:
     return data
 
 
-def scores(data: PredictionDataModule) -> dict[str, float]:
-    patches = predict_probs(trainer, trained.module, data, per_sample=True)
-    images = predict_probs(trainer, trained.module, data)
-    out = {}
-    for unit, probs, labels in (("patch", patches, data.sample_labels), ("image", images, data.labels)):
+def scores(data: PredictionDataModule) -> dict[str, object]:
+    """Accuracy, MCC and predictions per class, per sample and (per-lesion runs) per image, the
+    image the mean of its patches as in training's ``test_image/*``; one prediction pass."""
+    samples = predict_probs(trainer, trained.module, data, per_sample=True)
+    units = [("sample", samples, data.sample_labels)]
+    if data.owner is not None:
+        units.append(("image", mean_per_image(samples, data.owner)[1], data.labels))
+    out: dict[str, object] = {}
+    for unit, probs, labels in units:
         values = compute_metrics(probs, labels, trained.class_names, prefix="")
         out |= {f"{unit} accuracy": values["accuracy"], f"{unit} mcc": values["mcc"]}
         out[f"{unit} predicted per class"] = np.bincount(probs.argmax(1), minlength=len(trained.class_names))
@@ -50,11 +56,10 @@ def scores(data: PredictionDataModule) -> dict[str, float]:
 
 
 test = decoded(split[split.split == "test"])
-before = scores(test)
+train = decoded(split[split.split == "train"].sample(n_images, random_state=SEED))
+before = {"test": scores(test), "train": scores(train)}
 
-train_rows = split[split.split == "train"].sample(n_images, random_state=SEED)
-calibration = decoded(train_rows).images
-calibration = calibration[np.random.default_rng(SEED).permutation(len(calibration))]
+calibration = train.images[np.random.default_rng(SEED).permutation(len(train.images))]
 norms = [m for m in trained.module.modules() if isinstance(m, _BatchNorm)]
 for norm in norms:
     norm.reset_running_stats()
@@ -67,10 +72,11 @@ with torch.no_grad():
         batch = np.ascontiguousarray(calibration[start : start + 32])
         trained.module(torch.from_numpy(batch).permute(0, 3, 1, 2))
 trained.module.eval()
-after = scores(test)
+after = {"test": scores(test), "train": scores(train)}
 
 print(f"{ckpt}: {len(test.labels)} test images, {len(test.images)} samples")
 print(f"BatchNorm statistics recomputed on {len(calibration)} samples of {n_images} training images")
 print(f"classes: {trained.class_names}")
-for key in before:
-    print(f"{key:>28}: as saved {before[key]}  recomputed {after[key]}")
+for part, values in before.items():
+    for key, value in values.items():
+        print(f"{part + ' ' + key:>34}: as saved {value}  recomputed {after[part][key]}")

@@ -1,9 +1,10 @@
 """How far colour alone separates the classes: a logistic regression on each image's colour
 statistics, fitted on a run's training split and scored on its test split (the run's split.csv,
-so the probe sees the same leakage-safe images as the network). Three feature sets: the whole
-image, the stained cell only and the background only (outside the cell mask that the background
-shift and ``background=randomize`` use). A background that predicts the class points to classes
-stained or imaged in separate batches: a cue a network can learn that says nothing about the cell.
+so the probe sees the same leakage-safe images as the network). Four feature sets: the whole
+image, the stained cell only, the background only (outside the cell mask that the background
+shift and ``background=randomize`` use) and the background far from any cell. A background that
+predicts the class is a cue a network can learn that says nothing about the cell (classes stained
+or imaged in batches of their own, or one patient's images on both sides of the split).
 
     python results/cpu_budget/colour_probe.py <ALL> results/cpu_budget/resnet18/seed*
 """
@@ -46,16 +47,16 @@ def image_features(image: np.ndarray) -> dict[str, np.ndarray]:
 
 
 data_root = Path(sys.argv[1]).resolve()
-runs = [Path(r) for r in sys.argv[2:]]
-splits = {run: pd.read_csv(run / "split.csv") for run in runs}
-# split.csv names images relative to the data root (exported) or absolutely (a run folder).
-paths = sorted({str(p if Path(p).is_absolute() else data_root / p) for s in splits.values() for p in s.path})
+splits = {Path(run): pd.read_csv(Path(run) / "split.csv") for run in sys.argv[2:]}
+for split in splits.values():
+    # split.csv names images relative to the data root (exported) or absolutely (a run folder).
+    split["abs"] = [str(p if Path(p).is_absolute() else data_root / p) for p in split.path]
+paths = sorted({p for split in splits.values() for p in split["abs"]})
 decoded = decode_all(paths, PIXELS, mode="memory")
 features = {path: image_features(image) for path, image in zip(paths, decoded.images, strict=True)}
 
 rows = []
 for run, split in splits.items():
-    split["abs"] = [str(p if Path(p).is_absolute() else data_root / p) for p in split.path]
     train, test = split[split.split == "train"], split[split.split == "test"]
     majority = test.label.value_counts().max() / len(test)
     row = {"run": str(run), "n_train": len(train), "n_test": len(test), "majority class": majority}
